@@ -1,0 +1,284 @@
+"""Data: MNIST from the official IDX files, and small 2-D point clouds.
+
+Every loader returns in-memory tensors (no per-sample Dataset/DataLoader): training slices
+them by a permuted index per minibatch, which is what keeps :func:`hwutils.training.fit` fast.
+"""
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = [
+    "MNIST_FILES",
+    "DataError",
+    "Split",
+    "Splits",
+    "find_mnist_dir",
+    "read_idx",
+    "load_mnist",
+    "make_point_cloud",
+    "split_point_cloud",
+    "default_device",
+]
+
+#: The four official MNIST files and the MD5 of each (gzipped as distributed, and decompressed).
+MNIST_FILES = {
+    "train-images-idx3-ubyte": ("f68b3c2dcbeaaa9fbdd348bbdeb94873", "6bbc9ace898e44ae57da46a324031adb"),
+    "train-labels-idx1-ubyte": ("d53e105ee54ea40749a09fcbcd1e9432", "a25bea736e30d166cdddb491f175f624"),
+    "t10k-images-idx3-ubyte": ("9fb629c4189551a2d022fa330f9573f3", "2646ac647ad5339dbf082846283269ea"),
+    "t10k-labels-idx1-ubyte": ("ec29112dd5afa0611ce80d1b7f02629c", "27ae3e4e09519cfbb04c329615203637"),
+}
+DATA_ENV_VAR = "HWUTILS_DATA_DIR"
+
+
+class DataError(RuntimeError):
+    """A data file is missing, corrupt or malformed; the message names the fix."""
+
+
+def default_device() -> torch.device:
+    """CUDA when available, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass(frozen=True)
+class Split:
+    """Features ``X`` (N x D float32) and integer labels ``y`` (N, int64) of one split."""
+
+    X: torch.Tensor
+    y: torch.Tensor
+
+    def __post_init__(self):
+        if self.X.shape[0] != self.y.shape[0]:
+            raise ValueError(f"X has {self.X.shape[0]} rows but y has {self.y.shape[0]} labels")
+
+    def __len__(self) -> int:
+        return self.X.shape[0]
+
+    def to(self, device) -> "Split":
+        return Split(self.X.to(device), self.y.to(device))
+
+    def subset(self, n: int) -> "Split":
+        """The first ``n`` examples (the split is already shuffled, so this is a random subset)."""
+        return Split(self.X[:n], self.y[:n])
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Train / validation / test splits. The test split is for final numbers only."""
+
+    train: Split
+    val: Split
+    test: Split
+
+    @property
+    def n_features(self) -> int:
+        return self.train.X.shape[1]
+
+    @property
+    def n_classes(self) -> int:
+        return int(self.train.y.max()) + 1
+
+    def to(self, device) -> "Splits":
+        return Splits(self.train.to(device), self.val.to(device), self.test.to(device))
+
+
+# --------------------------------------------------------------------------- IDX / MNIST
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Parse an IDX file (gzipped when its name ends in ``.gz``) into a numpy array.
+
+    The format: two zero bytes, a type code (0x08 = uint8), the number of dimensions, then one
+    big-endian int32 per dimension, then the data in C order.
+    """
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+        raise DataError(f"{path} is not an IDX file (bad magic number)")
+    dtypes = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+    if raw[2] not in dtypes:
+        raise DataError(f"{path}: unknown IDX type code 0x{raw[2]:02x}")
+    ndim = raw[3]
+    shape = tuple(int(d) for d in np.frombuffer(raw, ">i4", count=ndim, offset=4))
+    dtype = np.dtype(dtypes[raw[2]])
+    offset = 4 + 4 * ndim
+    expected = int(np.prod(shape)) * dtype.itemsize
+    if len(raw) - offset != expected:
+        raise DataError(f"{path}: header says shape {shape} ({expected} bytes) but the file holds "
+                        f"{len(raw) - offset} bytes of data; the file is truncated or corrupt")
+    return np.frombuffer(raw, dtype, offset=offset).reshape(shape)
+
+
+def _md5(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _missing_message(searched: list[Path]) -> str:
+    files = ", ".join(f"{name}.gz (md5 {gz})" for name, (gz, _) in MNIST_FILES.items())
+    where = ", ".join(str(p) for p in searched) or "nowhere"
+    return (f"MNIST not found (searched {where}) and could not be downloaded. Put the four official "
+            f"files {files} in one folder and set {DATA_ENV_VAR}=/path/to/that/folder "
+            f"(or pass root=...).")
+
+
+def _candidate_dirs(root) -> list[Path]:
+    if root is not None:
+        bases = [Path(root)]  # an explicit root is the only place looked at
+    else:
+        bases = [Path(os.environ[DATA_ENV_VAR])] if os.environ.get(DATA_ENV_VAR) else []
+        bases.append(Path("data"))
+    # A flat folder of the four files, or torchvision's MNIST/raw/ layout below it.
+    return [d for b in bases for d in (b, b / "MNIST" / "raw", b / "raw")]
+
+
+def _locate(folder: Path) -> dict[str, tuple[Path, str]] | None:
+    """Map each MNIST name to (path, expected md5) if all four are in ``folder``."""
+    found = {}
+    for name, (md5_gz, md5_raw) in MNIST_FILES.items():
+        if (folder / f"{name}.gz").is_file():
+            found[name] = (folder / f"{name}.gz", md5_gz)
+        elif (folder / name).is_file():
+            found[name] = (folder / name, md5_raw)
+        else:
+            return None
+    return found
+
+
+def find_mnist_dir(root=None, *, download: bool = True) -> dict[str, Path]:
+    """Locate and verify the four MNIST files; return a map from name to path.
+
+    Lookup order: ``root`` → ``$HWUTILS_DATA_DIR`` → ``./data``; in each, a flat folder or
+    torchvision's ``MNIST/raw/``. Each file's MD5 is checked against the official value. When the
+    files are absent and ``download`` is true, torchvision's MNIST downloader (mirrors + checksums)
+    fetches them; when that fails too (offline), a :class:`DataError` names the files and the fix.
+    """
+    searched = _candidate_dirs(root)
+    for folder in searched:
+        found = _locate(folder)
+        if found is None:
+            continue
+        for name, (path, expected) in found.items():
+            actual = _md5(path)
+            if actual != expected:
+                raise DataError(f"{path} has MD5 {actual}, expected {expected}: the file is corrupt "
+                                f"or not the official MNIST; replace it with the official {path.name}")
+        return {name: path for name, (path, _) in found.items()}
+    if download:
+        target = searched[0]
+        try:
+            from torchvision.datasets import MNIST
+
+            MNIST(str(target), train=True, download=True)
+            MNIST(str(target), train=False, download=True)
+        except Exception as err:  # offline, mirror down, disk full...
+            raise DataError(_missing_message(searched) + f" (download failed: {type(err).__name__})") from None
+        return find_mnist_dir(target, download=False)
+    raise DataError(_missing_message(searched))
+
+
+@functools.lru_cache(maxsize=4)
+def _mnist_arrays(paths: tuple[tuple[str, str], ...]):
+    files = dict(paths)
+    return tuple(read_idx(files[name]) for name in MNIST_FILES)
+
+
+def load_mnist(root=None, *, downsample: int | None = None, val_size: int = 10_000, seed: int = 0,
+               standardize: bool = True, device=None, download: bool = True) -> Splits:
+    """MNIST as in-memory tensors: train / validation / test :class:`Splits`.
+
+    * ``val_size`` images are held out of the 60,000 official training images (a permutation
+      drawn with ``seed``, so the split is fixed); the test split is the official 10,000 and is
+      meant for final evaluation only.
+    * Pixels are scaled to [0, 1]; with ``standardize`` they are then shifted and scaled by the
+      mean and standard deviation of the *training* split (a single scalar each).
+    * ``downsample=7`` averages 4x4 pixel blocks, giving 7x7 = 49 features instead of 784.
+    * ``device``: where the tensors live (default: CUDA when available, else CPU).
+    """
+    if downsample not in (None, 7, 14, 28):
+        raise ValueError(f"downsample must be None, 7, 14 or 28 (side length in pixels), got {downsample!r}")
+    if not 0 <= val_size < 60_000:
+        raise ValueError(f"val_size must be in [0, 60000), got {val_size}")
+    files = find_mnist_dir(root, download=download)
+    train_x, train_y, test_x, test_y = _mnist_arrays(tuple(sorted((k, str(v)) for k, v in files.items())))
+
+    def features(images: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(images.astype(np.float32) / 255.0)
+        if downsample not in (None, 28):
+            k = 28 // downsample
+            x = torch.nn.functional.avg_pool2d(x[:, None], kernel_size=k)[:, 0]
+        return x.reshape(len(x), -1)
+
+    x_all, y_all = features(train_x), torch.from_numpy(train_y.astype(np.int64))
+    x_test, y_test = features(test_x), torch.from_numpy(test_y.astype(np.int64))
+    perm = torch.randperm(len(x_all), generator=torch.Generator().manual_seed(seed))
+    tr, va = perm[val_size:], perm[:val_size]
+    x_train, y_train = x_all[tr], y_all[tr]
+    if standardize:
+        mean, std = x_train.mean(), x_train.std()
+        x_all, x_train, x_test = (x_all - mean) / std, (x_train - mean) / std, (x_test - mean) / std
+    device = default_device() if device is None else torch.device(device)
+    return Splits(Split(x_train, y_train), Split(x_all[va], y_all[va]), Split(x_test, y_test)).to(device)
+
+
+# --------------------------------------------------------------------------- 2-D point clouds
+POINT_CLOUD_KINDS = ("moons", "spirals")
+
+
+def make_point_cloud(kind: str = "moons", n: int = 200, noise: float = 0.25, seed: int = 0):
+    """A 2-D binary classification point cloud: ``(X, y)`` numpy arrays, X float32 (n x 2).
+
+    * ``"moons"``: two interleaving half circles (radius 1), Gaussian noise of std ``noise``.
+    * ``"spirals"``: two interleaved Archimedean spirals, 1.5 turns each; ``noise`` is relative
+      to the radius scale (about 1).
+    Classes are balanced (n // 2 and n - n // 2 points).
+    """
+    if kind not in POINT_CLOUD_KINDS:
+        raise ValueError(f"kind must be one of {POINT_CLOUD_KINDS}, got {kind!r}")
+    if n < 2:
+        raise ValueError(f"n must be at least 2, got {n}")
+    if noise < 0:
+        raise ValueError(f"noise must be >= 0, got {noise}")
+    rng = np.random.default_rng(seed)
+    n0 = n // 2
+    n1 = n - n0
+    if kind == "moons":
+        t0, t1 = rng.uniform(0, np.pi, n0), rng.uniform(0, np.pi, n1)
+        a = np.stack([np.cos(t0), np.sin(t0)], 1)
+        b = np.stack([1 - np.cos(t1), 0.5 - np.sin(t1)], 1)
+    else:
+        def arm(m, phase):
+            t = np.sqrt(rng.uniform(0, 1, m)) * 3 * np.pi  # uniform density along the arm
+            r = t / (3 * np.pi)
+            return np.stack([r * np.cos(t + phase), r * np.sin(t + phase)], 1)
+
+        a, b = arm(n0, 0.0), arm(n1, np.pi)
+    X = np.concatenate([a, b]) + rng.normal(0, noise, (n, 2))
+    y = np.concatenate([np.zeros(n0), np.ones(n1)]).astype(np.int64)
+    order = rng.permutation(n)
+    return X[order].astype(np.float32), y[order]
+
+
+def split_point_cloud(kind: str = "moons", n_train: int = 100, n_val: int = 500, n_test: int = 2000,
+                      noise: float = 0.3, seed: int = 0, device=None) -> Splits:
+    """Train / validation / test point clouds drawn i.i.d. from the same distribution.
+
+    The defaults - 100 noisy training points against 500 validation and 2,000 test points - make a
+    wide MLP overfit visibly, which is the effect the regularizers are compared on. Validation and
+    test are large so that their error rates are precise.
+    """
+    X, y = make_point_cloud(kind, n_train + n_val + n_test, noise, seed)
+    X, y = torch.from_numpy(X), torch.from_numpy(y)
+    a, b = n_train, n_train + n_val
+    device = torch.device("cpu") if device is None else torch.device(device)
+    return Splits(Split(X[:a], y[:a]), Split(X[a:b], y[a:b]), Split(X[b:], y[b:])).to(device)

@@ -1,0 +1,61 @@
+import pytest
+import torch
+
+from hwutils import experiments
+from hwutils.experiments import (MNIST_PROFILES, TABLE9_TEST_ERROR, Method, check_profile, mnist_methods,
+                                 run, run_sweep, summarize)
+from hwutils.models import ModelConfig
+from hwutils.training import TrainConfig
+
+TINY = Method("tiny", ModelConfig(hidden=(8,)), TrainConfig(epochs=2, batch_size=32))
+
+
+def test_a_cached_run_is_loaded_not_retrained(moons, tmp_path, monkeypatch):
+    first = run(TINY, moons, seed=0, results_dir=tmp_path, progress=False)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("retrained a cached run")
+
+    monkeypatch.setattr(experiments, "fit", no_training)
+    again = run(TINY, moons, seed=0, results_dir=tmp_path, progress=False)
+    assert again.history == first.history and again.test_error == first.test_error
+    x = moons.test.X[:5]
+    torch.testing.assert_close(again.model(x), first.model(x))
+
+
+def test_a_changed_parameter_or_force_retrains(moons, tmp_path, monkeypatch):
+    run(TINY, moons, seed=0, results_dir=tmp_path, progress=False)
+    calls = []
+    real_fit = experiments.fit
+    monkeypatch.setattr(experiments, "fit", lambda *a, **k: calls.append(1) or real_fit(*a, **k))
+    run(TINY.replace(lr=0.01), moons, seed=0, results_dir=tmp_path, progress=False)
+    run(TINY, moons, seed=1, results_dir=tmp_path, progress=False)
+    run(TINY, moons, seed=0, results_dir=tmp_path, progress=False, data_spec={"noise": 0.2})
+    run(TINY, moons, seed=0, results_dir=tmp_path, progress=False, force=True)
+    run(TINY, moons, seed=0, results_dir=tmp_path, progress=False)
+    assert len(calls) == 4
+
+
+def test_sweep_summary_reports_mean_and_std_over_seeds(moons):
+    results = run_sweep([TINY, TINY.variant("tiny + L2", l2=1e-3)], moons, seeds=(0, 1), results_dir=None, progress=False)
+    assert len(results) == 4
+    summary = summarize(results)
+    assert summary[("seeds", "n")].tolist() == [2, 2]
+    assert set(summary.columns.get_level_values(1)) >= {"mean", "std"}
+
+
+def test_unknown_profile_names_fail_with_the_list_of_valid_ones():
+    assert check_profile("quick") == "quick"
+    with pytest.raises(ValueError, match="smoke, quick, full, paper"):
+        check_profile("fast")
+
+
+def test_the_six_mnist_methods_are_the_rows_of_table_9():
+    methods = mnist_methods(MNIST_PROFILES["quick"])
+    assert [m.name for m in methods] == list(TABLE9_TEST_ERROR)
+    by_name = {m.name: m for m in methods}
+    assert by_name["dropout + max-norm"].model.dropout_hidden == 0.5
+    assert by_name["dropout + max-norm"].train.max_norm and not by_name["dropout + max-norm"].train.l2
+    assert by_name["L2 + L1 (late)"].train.l1_last_fraction < 1
+    assert by_name["L2 + KL-sparsity"].train.kl > 0
+    assert by_name["L2"].model.dropout_input == 0 and by_name["dropout + L2"].model.dropout_input == 0.2

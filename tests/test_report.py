@@ -1,0 +1,32 @@
+import pytest
+
+from hwutils import report
+
+
+def test_a_wrong_profile_fails_before_anything_runs():
+    with pytest.raises(ValueError, match="unknown profile 'fast'"):
+        report.resolve_parameters("fast", {}, report.notebook_paths())
+
+
+def test_an_override_no_notebook_declares_is_rejected_with_the_declared_names():
+    with pytest.raises(report.ReportError, match="unknown parameter.*downsampel.*declare:.*downsample"):
+        report.resolve_parameters("smoke", {"downsampel": 7}, report.notebook_paths())
+
+
+def test_overrides_go_only_to_the_notebooks_that_declare_them():
+    params = report.resolve_parameters("smoke", {"downsample": 7}, report.notebook_paths())
+    by_name = {p.name[:2]: v for p, v in params.items()}
+    assert by_name["03"] == {"profile": "smoke", "downsample": 7}
+    assert by_name["01"] == {"profile": "smoke"}
+
+
+def test_missing_latex_tools_are_named_with_the_packages_to_install(monkeypatch):
+    monkeypatch.setattr(report.shutil, "which", lambda tool: None if tool == "xelatex" else "/usr/bin/" + tool)
+    with pytest.raises(report.ReportError, match="xelatex not found.*texlive-xetex"):
+        report.check_tools()
+
+
+def test_main_reports_a_bad_profile_in_one_line_and_exits_2(capsys):
+    assert report.main(["--profile", "fast"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "unknown profile" in err and "\n" not in err
