@@ -190,8 +190,14 @@ def format_summary(summary, digits: int = 2) -> "pd.DataFrame":
     out["seeds"] = summary[("seeds", "n")]
     for column in dict.fromkeys(c for c, _ in summary.columns if c != "seeds"):
         mean, std = summary[(column, "mean")], summary[(column, "std")]
-        out[column] = [f"{m:.{digits}f}" + ("" if pd.isna(s) else f" ± {s:.{digits}f}") for m, s in zip(mean, std)]
+        out[COLUMN_LABELS.get(column, column)] = [
+            f"{m:.{digits}f}" + ("" if pd.isna(s) else f" ± {s:.{digits}f}") for m, s in zip(mean, std)]
     return out
+
+
+#: Readable headers for the columns of :func:`results_frame`.
+COLUMN_LABELS = {"val_error_pct": "validation error (%)", "test_error_pct": "test error (%)",
+                 "epochs_run": "epochs run", "best_epoch": "best epoch", "wall_seconds": "wall time (s)"}
 
 
 def methods_frame(methods) -> "pd.DataFrame":
@@ -205,7 +211,7 @@ def methods_frame(methods) -> "pd.DataFrame":
         "L1 on for last": f"{m.train.l1_last_fraction:.0%}" if m.train.l1 else "",
         "KL β": m.train.kl, "KL ρ": m.train.kl_rho if m.train.kl else "",
         "max-norm c": m.train.max_norm or "", "lr": m.train.lr, "epochs": m.train.epochs,
-        "batch": m.train.batch_size, "early stopping": m.train.patience or "",
+        "early stopping (patience)": m.train.patience or "",
     } for m in methods]).set_index("method")
 
 

@@ -15,7 +15,7 @@ from .diagnostics import flat_weights, hidden_activity, unit_norms
 __all__ = [
     "use_style", "method_colors", "plot_training_curves", "plot_iteration_loss",
     "plot_decision_boundaries", "plot_weight_histograms", "plot_error_bars", "plot_sweep",
-    "plot_method_panels", "plot_unit_norms", "plot_activity", "plot_point_cloud",
+    "plot_method_panels", "plot_unit_norms", "plot_activity", "plot_point_cloud", "show_table",
 ]
 
 EPOCH_PANELS = {
@@ -279,3 +279,10 @@ def plot_point_cloud(data, title=None):
     fig.suptitle(title or "Few noisy training points: a wide MLP can fit the noise")
     fig.tight_layout()
     return fig
+
+
+def show_table(frame, floatfmt: str = ".3g", index: bool = True) -> None:
+    """Display a table as Markdown: a real table in the notebook, the HTML and the PDF report alike."""
+    from IPython.display import Markdown, display
+
+    display(Markdown(frame.to_markdown(floatfmt=floatfmt, index=index)))

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime as dt
-import re
 import shutil
 import sys
 from pathlib import Path
@@ -26,6 +25,7 @@ from .experiments import check_profile
 __all__ = ["build", "check_outputs", "check_tools", "resolve_parameters", "combine", "main"]
 
 ROOT = Path(__file__).resolve().parents[1]
+TEMPLATES = Path(__file__).resolve().parent / "templates"  # hw3_latex: fonts with Greek and math glyphs
 NOTEBOOKS = ROOT / "notebooks"
 REPORT = ROOT / "report"
 KERNEL = "hw3"
@@ -93,7 +93,8 @@ def render(nb, html_path: Path, pdf_path: Path, show_code: bool) -> None:
     html, _ = HTMLExporter(embed_images=True, **kwargs).from_notebook_node(nb)
     html_path.parent.mkdir(parents=True, exist_ok=True)
     html_path.write_text(html, encoding="utf-8")
-    pdf, _ = PDFExporter(**kwargs).from_notebook_node(nb)
+    pdf, _ = PDFExporter(extra_template_basedirs=[str(TEMPLATES)], template_name="hw3_latex",
+                         **kwargs).from_notebook_node(nb)
     pdf_path.parent.mkdir(parents=True, exist_ok=True)
     pdf_path.write_bytes(pdf)
 
@@ -102,19 +103,22 @@ def _raw(text: str, mimetype: str):
     import nbformat
 
     cell = nbformat.v4.new_raw_cell(text)
-    cell.metadata["raw_mimetype"] = mimetype
+    # nbconvert's PDF route reads "format"; the HTML route and JupyterLab read "raw_mimetype"
+    cell.metadata.update({"raw_mimetype": mimetype, "format": mimetype})
     return cell
+
+
+def part_title(nb) -> str:
+    """The notebook's first level-1 Markdown heading."""
+    return next((line.lstrip("# ").strip() for c in nb.cells if c.cell_type == "markdown"
+                 for line in c.source.splitlines() if line.startswith("# ")), "Untitled part")
 
 
 def combine(executed: list, profile: str):
     """One notebook: title, contents, then the executed parts in order (headings kept)."""
     import nbformat
 
-    parts = []
-    for nb in executed:
-        heading = next((line.lstrip("# ").strip() for c in nb.cells if c.cell_type == "markdown"
-                        for line in c.source.splitlines() if line.startswith("# ")), "Part")
-        parts.append(heading)
+    parts = [part_title(nb) for nb in executed]
     today = dt.date.today().isoformat()
     toc_html = "<h2>Contents</h2><ol>" + "".join(f"<li>{p}</li>" for p in parts) + "</ol>"
     cells = [
@@ -156,7 +160,9 @@ def build(profile: str = "quick", overrides: dict | None = None, show_code: bool
     for path, nb in zip(paths, executed):
         print(f">> rendering {path.stem}", flush=True)
         html, pdf = REPORT / "html" / f"{path.stem}.html", REPORT / "pdf" / f"{path.stem}.pdf"
-        render(nb, html, pdf, show_code)
+        titled = copy.deepcopy(nb)
+        titled.metadata["title"] = f"{TITLE} — {part_title(nb)}"
+        render(titled, html, pdf, show_code)
         written += [html, pdf]
     print(">> rendering the combined report", flush=True)
     html, pdf = REPORT / "hw3_report.html", REPORT / "hw3_report.pdf"
@@ -174,10 +180,12 @@ def check_outputs() -> list[str]:
         if not path.exists():
             problems.append(f"{path} is missing")
         elif path.suffix == ".pdf":
-            data = path.read_bytes()
-            pages = len(re.findall(rb"/Type\s*/Page[^s]", data))
-            if not data.startswith(b"%PDF") or pages < 2 or len(data) < 20_000:
-                problems.append(f"{path}: {pages} pages, {len(data)} bytes - not a real report")
+            from pypdf import PdfReader
+
+            pages = PdfReader(path).pages
+            chars = sum(len("".join(page.extract_text().split())) for page in pages)
+            if len(pages) < 2 or chars < 2000:
+                problems.append(f"{path}: {len(pages)} pages, {chars} characters of text - not a real report")
         else:
             text = path.read_text(encoding="utf-8")
             figures = text.count("data:image/png;base64")
