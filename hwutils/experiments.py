@@ -24,7 +24,7 @@ from .training import History, TrainConfig, evaluate, fit
 
 __all__ = [
     "Method", "RunResult", "run", "run_sweep", "results_frame", "summarize", "search", "methods_frame",
-    "format_summary",
+    "format_summary", "COLUMN_LABELS",
     "MnistProfile", "MNIST_PROFILES", "MNIST_SEARCH_GRID", "PROFILES", "check_profile", "mnist_profile",
     "mnist_methods", "mnist_data_spec", "mnist_splits", "PointCloudProfile", "POINT_CLOUD_PROFILES",
     "point_cloud_profile", "point_cloud_methods",

@@ -3,7 +3,7 @@ import torch
 
 from hwutils import experiments
 from hwutils.experiments import (MNIST_PROFILES, TABLE9_TEST_ERROR, Method, check_profile, mnist_methods,
-                                 run, run_sweep, summarize)
+                                 run, run_sweep, search, summarize)
 from hwutils.models import ModelConfig
 from hwutils.training import TrainConfig
 
@@ -59,3 +59,14 @@ def test_the_six_mnist_methods_are_the_rows_of_table_9():
     assert by_name["L2 + L1 (late)"].train.l1_last_fraction < 1
     assert by_name["L2 + KL-sparsity"].train.kl > 0
     assert by_name["L2"].model.dropout_input == 0 and by_name["dropout + L2"].model.dropout_input == 0.2
+
+
+def test_search_keeps_the_value_with_the_lowest_validation_error(moons):
+    learner = Method("learner", ModelConfig(hidden=(16,)), TrainConfig(epochs=20, batch_size=32, lr=0.1))
+    untouched = Method("untouched", ModelConfig(hidden=(8,)), TrainConfig(epochs=1))
+    chosen, table = search([learner, untouched], {"learner": ("l2", (0.0, 5.0))}, moons, seeds=(0, 1),
+                           results_dir=None, progress=False)
+    assert chosen[0].train.l2 == 0.0 and chosen[1] == untouched
+    assert set(table["value"]) == {0.0, 5.0} and len(table) == 4
+    crushed = table[table["value"] == 5.0]["val_error_pct"].mean()
+    assert crushed > table[table["value"] == 0.0]["val_error_pct"].mean()
