@@ -23,6 +23,7 @@ EPOCH_PANELS = {
     "penalty": "penalty term (weighted, apart)",
     "val_loss": "validation loss (cross-entropy)",
     "val_error": "validation error (%)",
+    "small_weights": "weights with |w| < 10⁻³ (%)",
 }
 
 
@@ -66,7 +67,7 @@ def plot_training_curves(results, panels=tuple(EPOCH_PANELS), title=None, log_lo
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
     for ax, panel in zip(axes[0], panels):
         for name, runs in grouped.items():
-            scale = 100.0 if panel == "val_error" else 1.0
+            scale = 100.0 if panel in ("val_error", "small_weights") else 1.0
             _mean_band(ax, [getattr(r.history, panel) for r in runs], name, colors[name], scale)
             best = runs[0].history.best_epoch
             if panel in ("val_loss", "val_error") and best:
@@ -282,7 +283,17 @@ def plot_point_cloud(data, title=None):
 
 
 def show_table(frame, floatfmt: str = ".3g", index: bool = True) -> None:
-    """Display a table as Markdown: a real table in the notebook, the HTML and the PDF report alike."""
+    """Display a table as Markdown: a real table in the notebook, the HTML and the PDF report alike.
+
+    Float columns are formatted with ``floatfmt``; every other cell is shown as it is (tabulate
+    would otherwise turn the text "0.99" into the number 1.0 under a one-digit format)."""
+    import pandas as pd
     from IPython.display import Markdown, display
 
-    display(Markdown(frame.to_markdown(floatfmt=floatfmt, index=index)))
+    cell = lambda v: format(v, floatfmt) if isinstance(v, float) and pd.notna(v) else ("" if pd.isna(v) else str(v))
+    shown = frame.copy()
+    for column in shown.columns:
+        shown[column] = [cell(v) for v in shown[column]]
+    shown.index = [cell(v) if isinstance(v, float) else v for v in shown.index]
+    shown.index.name = frame.index.name
+    display(Markdown(shown.to_markdown(index=index, disable_numparse=True)))

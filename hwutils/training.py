@@ -96,6 +96,8 @@ class History:
     * ``penalty``: the weighted penalty terms at the end of the epoch, kept apart from the data
       loss so that methods are compared by data loss. The KL term is measured on the last minibatch.
     * ``val_loss``, ``val_error``: on the validation split, model in evaluation mode.
+    * ``small_weights``: fraction of weights with ``|w| < 1e-3`` at the end of each epoch
+      (how sparse the network is; see L1).
     * ``epoch_seconds``: wall time of each epoch (training and validation).
     * ``best_epoch``: the epoch with the best ``monitor`` value; with early stopping, the weights
       returned are that epoch's.
@@ -107,6 +109,7 @@ class History:
     val_loss: list[float] = field(default_factory=list)
     val_error: list[float] = field(default_factory=list)
     lr: list[float] = field(default_factory=list)
+    small_weights: list[float] = field(default_factory=list)
     epoch_seconds: list[float] = field(default_factory=list)
     best_epoch: int = 0
     stopped_early: bool = False
@@ -135,7 +138,7 @@ class History:
         """Per-epoch table (pandas DataFrame indexed by epoch)."""
         import pandas as pd
 
-        cols = ["train_loss", "penalty", "val_loss", "val_error", "lr", "epoch_seconds"]
+        cols = ["train_loss", "penalty", "val_loss", "val_error", "lr", "small_weights", "epoch_seconds"]
         frame = pd.DataFrame({c: getattr(self, c) for c in cols})
         frame.index = pd.RangeIndex(1, len(frame) + 1, name="epoch")
         return frame
@@ -169,6 +172,12 @@ def penalty_value(model: nn.Module, config: TrainConfig, l1_coef: float, hidden=
         if config.kl and hidden is not None:
             value += config.kl * float(kl_sparsity_penalty(hidden, config.kl_rho))
     return value
+
+
+@torch.no_grad()
+def _small_weight_fraction(ws, tol: float = 1e-3) -> float:
+    small = sum(int((w.abs() < tol).sum()) for w in ws)
+    return small / sum(w.numel() for w in ws)
 
 
 def _make_optimizer(params, config: TrainConfig):
@@ -260,6 +269,7 @@ def fit(model: nn.Module, train: Split, val: Split, config: TrainConfig = TrainC
         history.val_loss.append(val_loss)
         history.val_error.append(val_error)
         history.lr.append(lr)
+        history.small_weights.append(_small_weight_fraction(ws))
         history.epoch_seconds.append(time.perf_counter() - start)
         bar.set_postfix(train_loss=f"{history.train_loss[-1]:.4f}", val_error=f"{val_error:.2%}")
 

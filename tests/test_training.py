@@ -28,7 +28,7 @@ def test_same_seed_gives_an_identical_history_on_cpu(moons):
         return fit(model, moons.train, moons.val, TrainConfig(epochs=3, batch_size=16, seed=seed), progress=False)
 
     a, b, c = train(0), train(0), train(1)
-    for field in ("iter_loss", "train_loss", "penalty", "val_loss", "val_error", "lr"):
+    for field in ("iter_loss", "train_loss", "penalty", "val_loss", "val_error", "lr", "small_weights"):
         assert getattr(a, field) == getattr(b, field), field
     assert a.iter_loss != c.iter_loss  # the seed drives shuffling and dropout
 
@@ -128,4 +128,4 @@ def test_history_round_trips_through_a_dict(moons):
     torch.manual_seed(0)
     history = fit(MLP(2, (8,), 2), moons.train, moons.val, TrainConfig(epochs=2), progress=False)
     again = History.from_dict(history.to_dict())
-    assert again == history and again.to_frame().shape == (2, 6)
+    assert again == history and again.to_frame().shape == (2, 7)
