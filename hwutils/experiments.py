@@ -160,7 +160,8 @@ def search(methods, grid: dict, data: Splits, *, seeds=(0,), **run_kwargs):
     ``grid`` maps a method name to ``(field, values)``, e.g. ``{"L2": ("l2", (1e-5, 1e-4))}``;
     methods not in it are kept as they are. Each candidate is trained with every seed (cached
     like any run) and the value with the lowest mean *validation* error wins; the test error is
-    not looked at. Returns the methods with the chosen values and a table of the search.
+    not looked at; ties go to the smallest value. Returns the methods with the chosen values and
+    a table of the search.
     """
     import pandas as pd
 
@@ -299,7 +300,7 @@ def mnist_methods(profile: MnistProfile) -> list[Method]:
     l2 = 3e-5
     return [
         Method("L2", plain, base.replace(l2=l2)),
-        Method("L2 + L1 (late)", plain, base.replace(l2=l2, l1=3e-5, l1_last_fraction=0.25)),
+        Method("L2 + L1 (late)", plain, base.replace(l2=l2, l1=3e-6, l1_last_fraction=0.25)),
         Method("L2 + KL-sparsity", plain, base.replace(l2=l2, kl=3e-5, kl_rho=0.05)),
         Method("max-norm", plain, base.replace(lr=0.1, max_norm=2.0)),
         Method("dropout + L2", dropout, long.replace(l2=1e-4)),
