@@ -2,7 +2,8 @@
 
 ``python -m hwutils.report --profile quick`` (what ``make report`` runs):
 
-1. checks the profile, the parameter overrides and the tools (xelatex, pandoc) - before any work;
+1. checks the profile, the parameter overrides, the tools (xelatex, pandoc) and the MNIST files -
+   before any work;
 2. executes ``notebooks/*.ipynb`` into ``report/executed/`` (papermill, kernel ``hw3``); a failing
    cell stops the build with papermill's error and leaves the partial notebook there;
 3. renders ``report/html/<name>.html`` and ``report/pdf/<name>.pdf`` per notebook and the combined
@@ -20,6 +21,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from .data import DataError, find_mnist_dir
 from .experiments import check_profile
 
 __all__ = ["build", "check_outputs", "check_tools", "resolve_parameters", "combine", "main"]
@@ -143,6 +145,7 @@ def build(profile: str = "quick", overrides: dict | None = None, show_code: bool
         raise ReportError(f"no notebooks found in {NOTEBOOKS}")
     parameters = resolve_parameters(profile, overrides or {}, paths)
     check_tools()
+    find_mnist_dir()  # MNIST present and intact (or downloadable) before hours of work, not after
     executed_dir = REPORT / "executed"
     executed_dir.mkdir(parents=True, exist_ok=True)
     written, executed = [], []
@@ -225,7 +228,7 @@ def main(argv=None) -> int:
         if "profile" in overrides:
             args.profile = overrides.pop("profile")
         written = build(args.profile, overrides, args.show_code)
-    except (ReportError, ValueError, FileNotFoundError) as err:
+    except (ReportError, DataError, ValueError, FileNotFoundError) as err:
         print(f"make report: {err}", file=sys.stderr)
         return 2
     print(f">> report written: {REPORT / 'hw3_report.html'} and {REPORT / 'hw3_report.pdf'} ({len(written)} files)")

@@ -30,3 +30,15 @@ def test_main_reports_a_bad_profile_in_one_line_and_exits_2(capsys):
     assert report.main(["--profile", "fast"]) == 2
     err = capsys.readouterr().err.strip()
     assert "unknown profile" in err and "\n" not in err
+
+
+def test_missing_mnist_stops_the_build_before_any_notebook_runs(monkeypatch, capsys):
+    monkeypatch.setattr(report, "check_tools", lambda: None)
+
+    def missing(*args, **kwargs):
+        raise report.DataError("MNIST not found; set HWUTILS_DATA_DIR=/path/to/that/folder")
+
+    monkeypatch.setattr(report, "find_mnist_dir", missing)
+    monkeypatch.setattr("papermill.execute_notebook", lambda *a, **k: pytest.fail("a notebook ran"))
+    assert report.main(["--profile", "smoke"]) == 2
+    assert "HWUTILS_DATA_DIR" in capsys.readouterr().err
