@@ -28,7 +28,6 @@ __all__ = [
     "MnistProfile", "MNIST_PROFILES", "MNIST_SEARCH_GRID", "PROFILES", "check_profile", "mnist_profile",
     "mnist_methods", "mnist_data_spec", "mnist_splits", "PointCloudProfile", "POINT_CLOUD_PROFILES",
     "point_cloud_profile", "point_cloud_methods",
-    "choose_best",
     "TABLE9_TEST_ERROR",
 ]
 
@@ -371,12 +370,3 @@ def point_cloud_methods(hidden=(256, 256), epochs: int = 1000, l1: float = 1e-3,
         Method("L2", model, base.replace(l2=l2)),
         Method("early stopping", model, base.replace(patience=patience)),
     ]
-
-
-def choose_best(results, by: str = "val_error") -> tuple[str, float]:
-    """The method name with the lowest mean ``by`` (a RunResult attribute) over its seeds."""
-    means: dict[str, list] = {}
-    for r in results:
-        means.setdefault(r.method, []).append(getattr(r, by))
-    name = min(means, key=lambda n: sum(means[n]) / len(means[n]))
-    return name, sum(means[name]) / len(means[name])
