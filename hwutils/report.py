@@ -31,6 +31,7 @@ TEMPLATES = Path(__file__).resolve().parent / "templates"  # hw3_latex: fonts wi
 NOTEBOOKS = ROOT / "notebooks"
 REPORT = ROOT / "report"
 KERNEL = "hw3"
+HTML_ONLY = "html-only"  # cell tag: shown in the HTML report, left out of the PDF
 TITLE = "HW3: Regularization and optimization in deep networks"
 LATEX_PACKAGES = ("Debian/Ubuntu: apt-get install texlive-xetex texlive-fonts-recommended "
                   "texlive-plain-generic pandoc; conda: conda install -c conda-forge texlive-core pandoc")
@@ -90,11 +91,14 @@ def _exporter_kwargs(show_code: bool) -> dict:
 def render(nb, html_path: Path, pdf_path: Path, show_code: bool) -> None:
     """Write one notebook as HTML (MathJax, embedded figures) and as PDF (xelatex)."""
     from nbconvert import HTMLExporter, PDFExporter
+    from nbconvert.preprocessors import TagRemovePreprocessor
 
     kwargs = _exporter_kwargs(show_code)
     html, _ = HTMLExporter(embed_images=True, **kwargs).from_notebook_node(nb)
     html_path.parent.mkdir(parents=True, exist_ok=True)
     html_path.write_text(html, encoding="utf-8")
+    pdf_only = TagRemovePreprocessor(remove_cell_tags={HTML_ONLY}, enabled=True)
+    kwargs["preprocessors"] = [pdf_only, *kwargs["preprocessors"]]
     pdf, _ = PDFExporter(extra_template_basedirs=[str(TEMPLATES)], template_name="hw3_latex",
                          **kwargs).from_notebook_node(nb)
     pdf_path.parent.mkdir(parents=True, exist_ok=True)
@@ -105,8 +109,9 @@ def _raw(text: str, mimetype: str):
     import nbformat
 
     cell = nbformat.v4.new_raw_cell(text)
-    # nbconvert's PDF route reads "format"; the HTML route and JupyterLab read "raw_mimetype"
-    cell.metadata.update({"raw_mimetype": mimetype, "format": mimetype})
+    # nbconvert keeps a raw cell when its raw_mimetype is the exporter's output type: the PDF
+    # exporter's is application/pdf (a "text/latex" cell is dropped from the PDF), HTML's text/html.
+    cell.metadata["raw_mimetype"] = mimetype
     return cell
 
 
@@ -122,11 +127,12 @@ def combine(executed: list, profile: str):
 
     parts = [part_title(nb) for nb in executed]
     today = dt.date.today().isoformat()
-    toc_html = "<h2>Contents</h2><ol>" + "".join(f"<li>{p}</li>" for p in parts) + "</ol>"
-    cells = [
-        _raw(f"<h1>{TITLE}</h1><p>Executed {today}, profile <code>{profile}</code>.</p>{toc_html}<hr>", "text/html"),
-        _raw("\\clearpage\\tableofcontents\\clearpage", "text/latex"),
-    ]
+    # The HTML gets the title and contents as Markdown; the PDF has its own (maketitle, a LaTeX
+    # table of contents) and drops the Markdown cell by its tag.
+    title = nbformat.v4.new_markdown_cell(f"# {TITLE}\n\nExecuted {today}, profile `{profile}`.\n\n**Contents**\n\n"
+                                          + "\n".join(f"{i}. {p}" for i, p in enumerate(parts, 1)) + "\n\n---")
+    title.metadata["tags"] = [HTML_ONLY]
+    cells = [title, _raw("\\clearpage\\tableofcontents\\clearpage", "application/pdf")]
     for nb in executed:
         cells += copy.deepcopy(nb.cells)
     combined = nbformat.v4.new_notebook(cells=cells, metadata=copy.deepcopy(executed[0].metadata))

@@ -42,3 +42,14 @@ def test_missing_mnist_stops_the_build_before_any_notebook_runs(monkeypatch, cap
     monkeypatch.setattr("papermill.execute_notebook", lambda *a, **k: pytest.fail("a notebook ran"))
     assert report.main(["--profile", "smoke"]) == 2
     assert "HWUTILS_DATA_DIR" in capsys.readouterr().err
+
+
+def test_combined_report_has_title_contents_and_the_parts_in_order():
+    import nbformat
+
+    parts = [nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(f"# Part {i}\n\ntext")]) for i in (1, 2, 3)]
+    combined = report.combine(parts, "smoke")
+    title, toc, *rest = combined.cells
+    assert report.HTML_ONLY in title.metadata["tags"] and "1. Part 1" in title.source and "3. Part 3" in title.source
+    assert toc.cell_type == "raw" and "tableofcontents" in toc.source and toc.metadata["raw_mimetype"] == "application/pdf"
+    assert [c.source.splitlines()[0] for c in rest] == ["# Part 1", "# Part 2", "# Part 3"]
