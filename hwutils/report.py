@@ -203,12 +203,6 @@ def check_outputs() -> list[str]:
     return problems
 
 
-def _parse_value(text: str):
-    import yaml
-
-    return yaml.safe_load(text)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hwutils.report", description=__doc__.split("\n")[0])
     parser.add_argument("--profile", default="quick", help="smoke | quick | full | paper (default quick)")
@@ -226,11 +220,11 @@ def main(argv=None) -> int:
             print("report check: OK" if not problems else f"report check: {len(problems)} problem(s)")
             return 1 if problems else 0
         overrides = {}
-        if args.params_file:
-            import yaml
+        import yaml
 
+        if args.params_file:
             overrides.update(yaml.safe_load(Path(args.params_file).read_text()) or {})
-        overrides.update({name: _parse_value(value) for name, value in args.param})
+        overrides.update({name: yaml.safe_load(value) for name, value in args.param})
         if "profile" in overrides:
             args.profile = overrides.pop("profile")
         written = build(args.profile, overrides, args.show_code)

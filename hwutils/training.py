@@ -17,6 +17,7 @@ from torch.nn import functional as F
 from tqdm import tqdm  # text bars: they render in terminals, notebooks and papermill logs alike
 
 from .data import Split
+from .diagnostics import near_zero_fraction
 from .regularizers import (L1Schedule, kl_sparsity_penalty, l1_penalty, l2_penalty, max_norm_,
                            soft_threshold_, weights)
 
@@ -174,12 +175,6 @@ def penalty_value(model: nn.Module, config: TrainConfig, l1_coef: float, hidden=
     return value
 
 
-@torch.no_grad()
-def _small_weight_fraction(ws, tol: float = 1e-3) -> float:
-    small = sum(int((w.abs() < tol).sum()) for w in ws)
-    return small / sum(w.numel() for w in ws)
-
-
 def _make_optimizer(params, config: TrainConfig):
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=config.lr, foreach=True)
@@ -269,7 +264,7 @@ def fit(model: nn.Module, train: Split, val: Split, config: TrainConfig = TrainC
         history.val_loss.append(val_loss)
         history.val_error.append(val_error)
         history.lr.append(lr)
-        history.small_weights.append(_small_weight_fraction(ws))
+        history.small_weights.append(near_zero_fraction(model))
         history.epoch_seconds.append(time.perf_counter() - start)
         bar.set_postfix(train_loss=f"{history.train_loss[-1]:.4f}", val_error=f"{val_error:.2%}")
 
