@@ -30,7 +30,7 @@ import torch
 from torch.nn import functional as F
 
 from hwutils.data import Split, find_mnist_dir, load_mnist
-from hwutils.experiments import MNIST_PROFILES, mnist_methods
+from hwutils.profiles import MNIST_PROFILES, mnist_methods
 from hwutils.models import MLP, ModelConfig
 from hwutils.training import TrainConfig, fit
 

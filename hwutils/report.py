@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from .data import DataError, find_mnist_dir
-from .experiments import check_profile
+from .profiles import check_profile
 
 __all__ = ["build", "check_outputs", "check_tools", "resolve_parameters", "combine", "main"]
 

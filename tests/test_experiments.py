@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from hwutils import experiments
-from hwutils.experiments import (MNIST_PROFILES, TABLE9_TEST_ERROR, Method, check_profile, mnist_methods,
-                                 run, run_sweep, search, summarize)
+from hwutils.experiments import Method, run, run_sweep, search, summarize
+from hwutils.profiles import MNIST_PROFILES, TABLE9_TEST_ERROR, check_profile, mnist_methods
 from hwutils.models import ModelConfig
 from hwutils.training import TrainConfig
 
