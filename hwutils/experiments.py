@@ -14,20 +14,21 @@ import json
 import os
 from dataclasses import dataclass, field
 import torch
-from tqdm import tqdm  # text bars: they render in terminals, notebooks and papermill logs alike
 
 from .cache import load_run, run_stem, save_run
 from .data import Splits
 from .models import ModelConfig, build_model
-from .training import History, TrainConfig, evaluate, fit
+from .progress import progress_bar
+from .training import History, TrainConfig, evaluate, fit_members
 
 __all__ = [
-    "Method", "RunResult", "run", "run_sweep", "results_frame", "summarize", "search", "methods_frame",
+    "Method", "RunResult", "run", "run_sweep", "results_frame", "summarize", "search", "choices_at_edge",
+    "methods_frame",
     "format_summary", "COLUMN_LABELS",
 ]
 
 #: Bump when a change to the training code changes results, so cached runs are not reused.
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: the stacked training engine
 
 
 @dataclass(frozen=True)
@@ -72,52 +73,94 @@ def run_key(method: Method, data_spec: dict, seed: int) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def run(method: Method, data: Splits, *, seed: int = 0, data_spec: dict | None = None,
-        results_dir: str | os.PathLike | None = "results", force: bool = False,
-        progress: bool = True) -> RunResult:
-    """Train ``method`` on ``data`` with ``seed`` (initial weights, shuffling, dropout); evaluate.
+def run(method: Method, data: Splits, *, seed: int = 0, **sweep_kwargs) -> RunResult:
+    """Train ``method`` on ``data`` with ``seed`` (or load it from the cache): :func:`run_sweep` of one run."""
+    return run_sweep([method], data, seeds=(seed,), **sweep_kwargs)[0]
+
+
+#: The most runs trained together as one stacked model.
+MAX_TOGETHER = 24
+
+
+def run_sweep(methods, data: Splits, *, seeds=(0,), data_spec: dict | None = None,
+              results_dir: str | os.PathLike | None = "results", force: bool = False,
+              progress: bool = True, together: bool | None = None, on_nan: str = "raise",
+              desc: str = "runs") -> list[RunResult]:
+    """Train every method with every seed (initial weights, shuffling, dropout) and evaluate it.
 
     ``data_spec`` describes the data (e.g. ``{"name": "mnist", "downsample": None}``) and is part
-    of the cache key; with ``results_dir=None`` nothing is cached. The final validation error is
-    that of the returned weights (the best epoch's when early stopping restores them); the test
-    error is measured once, at the end.
+    of each run's cache key; a cached run is loaded, not retrained (``force=True`` retrains; with
+    ``results_dir=None`` nothing is cached). Runs still to train that can share a step - same
+    architecture, epochs, batch size and optimizer - are trained together as one stacked model
+    (:func:`hwutils.training.fit_members`) where that pays: on a GPU, where one small network
+    leaves it idle (``together``; default: on CUDA). A run's result and cache entry do not depend
+    on what it was trained with. The validation error is that of the returned weights (the best
+    epoch's when early stopping restores them); the test error is measured once, at the end.
+    ``on_nan``: "raise" stops at a diverged run, naming it; "stop" keeps it, marked diverged.
     """
     spec = dict(data_spec or {})
-    key = run_key(method, spec, seed)
-    model = build_model(method.model, data.n_features, data.n_classes, seed=seed)
-    stem = run_stem(results_dir, method.name, key) if results_dir else None
-    cached = load_run(stem) if stem is not None and not force else None
-    if cached is not None:
-        record, state = cached
-        model.load_state_dict(state)
-        model.to(data.train.X.device).eval()
-        return RunResult(record["method"], seed, key, History.from_dict(record["history"]),
-                         record["val_error"], record["test_error"], record["config"], model)
+    jobs = [(m, s) for m in methods for s in seeds]
+    results: list[RunResult | None] = [None] * len(jobs)
+    todo = []
+    for i, (method, seed) in enumerate(jobs):
+        stem = run_stem(results_dir, method.name, run_key(method, spec, seed)) if results_dir else None
+        cached = load_run(stem) if stem is not None and not force else None
+        if cached is None:
+            todo.append(i)
+        else:
+            results[i] = _cached_result(method, seed, spec, data, *cached)
+    if together is None:
+        together = data.train.X.device.type == "cuda"
+    groups = _groups([jobs[i] for i in todo], todo, together)
+    bar = progress_bar(total=len(todo), desc=desc, unit="run", leave=True, disable=not progress or not todo)
+    for group in groups:
+        names = [f"{jobs[i][0].name} (seed {jobs[i][1]})" for i in group]
+        bar.set_postfix_str(names[0] if len(names) == 1 else f"{len(names)} runs together")
+        models = [build_model(jobs[i][0].model, data.n_features, data.n_classes, seed=jobs[i][1]) for i in group]
+        configs = [jobs[i][0].train.replace(seed=jobs[i][1]) for i in group]
+        histories = fit_members(models, data.train, data.val, configs, names=names, progress=progress,
+                                desc=names[0] if len(names) == 1 else f"{len(names)} runs", on_nan=on_nan)
+        for i, model, history in zip(group, models, histories):
+            results[i] = _finish(*jobs[i], spec, data, model, history, results_dir)
+        bar.update(len(group))
+    bar.close()
+    return results
 
-    history = fit(model, data.train, data.val, method.train.replace(seed=seed), progress=progress,
-                  desc=f"{method.name} (seed {seed})")
+
+def _groups(jobs, indices, together: bool) -> list[list[int]]:
+    """Indices of the runs to train together: one group per shared step (at most MAX_TOGETHER)."""
+    if not together:
+        return [[i] for i in indices]
+    by_step: dict[tuple, list[int]] = {}
+    for (method, _), i in zip(jobs, indices):
+        t = method.train
+        by_step.setdefault((method.model.hidden, t.epochs, t.batch_size, t.optimizer, t.nesterov), []).append(i)
+    return [g[j:j + MAX_TOGETHER] for g in by_step.values() for j in range(0, len(g), MAX_TOGETHER)]
+
+
+def _config_record(method: Method, spec: dict) -> dict:
+    return {"model": dataclasses.asdict(method.model), "train": dataclasses.asdict(method.train), "data": spec}
+
+
+def _cached_result(method, seed, spec, data, record, state) -> RunResult:
+    model = build_model(method.model, data.n_features, data.n_classes)
+    model.load_state_dict(state)
+    model.to(data.train.X.device).eval()
+    return RunResult(record["method"], seed, record["key"], History.from_dict(record["history"]),
+                     record["val_error"], record["test_error"], record["config"], model)
+
+
+def _finish(method, seed, spec, data, model, history, results_dir) -> RunResult:
+    """Evaluate a trained run, cache it, and return its result."""
     _, val_error = evaluate(model, data.val)
     _, test_error = evaluate(model, data.test)
     model.eval()
-    config = {"model": dataclasses.asdict(method.model), "train": dataclasses.asdict(method.train), "data": spec}
-    result = RunResult(method.name, seed, key, history, val_error, test_error, config, model)
-    if stem is not None:
+    key, config = run_key(method, spec, seed), _config_record(method, spec)
+    if results_dir:
         record = {"method": method.name, "seed": seed, "key": key, "val_error": val_error,
                   "test_error": test_error, "config": config, "history": history.to_dict()}
-        save_run(stem, record, model.state_dict())
-    return result
-
-
-def run_sweep(methods, data: Splits, *, seeds=(0,), desc: str = "runs", **run_kwargs) -> list[RunResult]:
-    """:func:`run` every method with every seed (cached runs are loaded, not retrained)."""
-    methods = list(methods)
-    jobs = [(m, s) for m in methods for s in seeds]
-    bar = tqdm(jobs, desc=desc)
-    results = []
-    for method, seed in bar:
-        bar.set_postfix_str(f"{method.name}, seed {seed}")
-        results.append(run(method, data, seed=seed, **run_kwargs))
-    return results
+        save_run(run_stem(results_dir, method.name, key), record, model.state_dict())
+    return RunResult(method.name, seed, key, history, val_error, test_error, config, model)
 
 
 def results_frame(results) -> "pd.DataFrame":
@@ -141,33 +184,67 @@ def summarize(results, order=None) -> "pd.DataFrame":
     return summary
 
 
-def search(methods, grid: dict, data: Splits, *, seeds=(0,), **run_kwargs):
-    """Choose one training constant per method on the validation split.
+def search(methods, grid: dict, data: Splits, *, seeds=(0,), **sweep_kwargs):
+    """Choose training constants per method on the validation split.
 
-    ``grid`` maps a method name to ``(field, values)``, e.g. ``{"L2": ("l2", (1e-5, 1e-4))}``;
-    methods not in it are kept as they are. Each candidate is trained with every seed (cached
-    like any run) and the value with the lowest mean *validation* error wins; the test error is
-    not looked at; ties go to the smallest value. Returns the methods with the chosen values and
-    a table of the search.
+    ``grid`` maps a method name to ``(field, values)``, e.g. ``{"L2": ("l2", (1e-5, 1e-4))}``, or
+    to ``{field: values, ...}`` to search several fields jointly (every combination), e.g.
+    ``{"max-norm": {"lr": (0.03, 0.1), "max_norm": (2.0, 3.0)}}``; methods not in it are kept as
+    they are. Every candidate is trained with every seed - all in one :func:`run_sweep`, so they
+    are cached like any run and trained together where that pays - and the combination with the
+    lowest mean *validation* error wins (the test error is not looked at; ties go to the smallest
+    values). Returns the methods with the chosen values and a table of the search: one row per
+    candidate and seed, a column per searched field, ``field``/``value`` for the method's own
+    constant (its first field other than ``lr``), ``val_error_pct``, ``diverged`` and ``chosen``.
     """
+    import itertools
+
     import pandas as pd
 
-    chosen, rows = [], []
+    fields = {name: dict([spec]) if isinstance(spec, tuple) else dict(spec) for name, spec in grid.items()}
+    candidates, owner = [], []
     for method in methods:
-        if method.name not in grid:
+        for combo in itertools.product(*fields.get(method.name, {}).values()):
+            if method.name in fields:
+                candidates.append(method.replace(**dict(zip(fields[method.name], combo))))
+                owner.append(method.name)
+    results = run_sweep(candidates, data, seeds=seeds, desc="search", **sweep_kwargs)
+    rows = []
+    for r, name in zip(results, [o for o in owner for _ in seeds]):
+        own = next((f for f in fields[name] if f != "lr"), next(iter(fields[name])))
+        rows.append({"method": name, **{f: r.config["train"][f] for f in fields[name]}, "field": own,
+                     "value": r.config["train"][own], "seed": r.seed, "val_error_pct": 100 * r.val_error,
+                     "diverged": r.history.diverged})
+    table = pd.DataFrame(rows)
+    chosen = []
+    for method in methods:
+        if method.name not in fields:
             chosen.append(method)
             continue
-        field_name, values = grid[method.name]
-        candidates = [method.replace(**{field_name: v}) for v in values]
-        results = run_sweep(candidates, data, seeds=seeds, desc=f"search {method.name}", **run_kwargs)
-        for r in results:
-            rows.append({"method": method.name, "field": field_name,
-                         "value": r.config["train"][field_name], "seed": r.seed,
-                         "val_error_pct": 100 * r.val_error})
-        table = pd.DataFrame([row for row in rows if row["method"] == method.name])
-        best = table.groupby("value")["val_error_pct"].mean().idxmin()
-        chosen.append(method.replace(**{field_name: best}))
-    return chosen, pd.DataFrame(rows)
+        names = list(fields[method.name])
+        mine = table[table["method"] == method.name]
+        means = mine.groupby(names)["val_error_pct"].mean().sort_index()  # sorted: ties → smallest
+        best = means.idxmin() if len(names) > 1 else (means.idxmin(),)
+        chosen.append(method.replace(**dict(zip(names, best))))
+    if len(table):
+        table["chosen"] = [all(row[f] == getattr(c.train, f) for f in fields[row["method"]])
+                           for row, c in zip(table.to_dict("records"),
+                                             [next(m for m in chosen if m.name == n) for n in table["method"]])]
+    return chosen, table
+
+
+def choices_at_edge(table, grid: dict) -> list[tuple[str, str, float, str]]:
+    """``(method, field, value, "smallest" | "largest")`` for each searched value that was chosen
+    at an edge of its grid (the optimum may lie beyond it)."""
+    edges = []
+    for name, spec in grid.items():
+        for field, values in (dict([spec]) if isinstance(spec, tuple) else dict(spec)).items():
+            picked = table[(table["method"] == name) & table["chosen"]][field]
+            if len(values) > 1 and len(picked):
+                value = picked.iloc[0]
+                if value in (min(values), max(values)):
+                    edges.append((name, field, value, "smallest" if value == min(values) else "largest"))
+    return edges
 
 
 def format_summary(summary, digits: int = 2) -> "pd.DataFrame":

@@ -7,26 +7,28 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["MLP", "ModelConfig", "build_model", "dropout"]
+__all__ = ["MLP", "StackedMLP", "ModelConfig", "build_model", "dropout"]
 
 
-def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
+def dropout(x: torch.Tensor, p, training: bool = True) -> torch.Tensor:
     """Inverted dropout: zero each entry with probability ``p``, scale the rest by 1/(1-p).
 
-    On the CPU, ``F.dropout`` draws one Bernoulli variable at a time and costs more than a third
-    of an MLP training step; here the mask comes from 16 random bits per entry (drawn 64 at a
-    time), so ``p`` is rounded to a multiple of 1/65536 and kept entries are scaled by the exact
-    inverse of the rounded keep probability - E[output] = x still holds exactly. On other
-    devices it is ``F.dropout``. Uses the global torch RNG, so ``torch.manual_seed`` fixes it.
+    ``p`` is a float, or a tensor that broadcasts against ``x`` (one rate per member of a
+    :class:`StackedMLP`, shape ``[K, 1, 1]``). On the CPU, ``F.dropout``'s one-Bernoulli-at-a-time
+    draw costs more than a third of an MLP training step; here the mask comes from 16 random bits
+    per entry (drawn 64 at a time), so ``p`` is rounded to a multiple of 1/65536 and kept entries
+    are scaled by the exact inverse of the rounded keep probability - E[output] = x still holds
+    exactly. On other devices the mask is ``rand >= p``. Uses the global torch RNG, so
+    ``torch.manual_seed`` fixes it.
     """
-    if not training or p == 0.0:
+    if not training or (not torch.is_tensor(p) and p == 0.0):
         return x
     if x.device.type != "cpu":
-        return F.dropout(x, p, True)
+        return x * ((torch.rand_like(x) >= p) * (1.0 / (1.0 - p)))
     n = x.numel()
     bits = torch.randint(-2**63, 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64)
     uniform16 = bits.view(torch.int16)[:n].view(x.shape)  # uniform on [-32768, 32767]
-    threshold = round(p * 65536) - 32768
+    threshold = (torch.round(p * 65536) if torch.is_tensor(p) else round(p * 65536)) - 32768
     keep = (32768 - threshold) / 65536
     return x * ((uniform16 >= threshold) * (1.0 / keep)).to(x.dtype)
 
@@ -83,3 +85,66 @@ def build_model(config: ModelConfig, in_features: int, out_features: int, seed: 
     if seed is not None:
         torch.manual_seed(seed)
     return MLP(in_features, tuple(config.hidden), out_features, config.dropout_input, config.dropout_hidden)
+
+
+class StackedMLP(nn.Module):
+    """K :class:`MLP` s of one architecture as one model, for training them together.
+
+    Layer ``l`` holds ``weight[l]`` of shape ``[K, out, in]`` (member k's row i is the incoming
+    weight vector of its unit i, as in ``nn.Linear``) and ``bias[l]`` of shape ``[K, 1, out]``;
+    a forward pass is one batched product per layer. Each member keeps its own dropout rates.
+    Build it from models with :meth:`from_models`, write the trained weights back with
+    :meth:`copy_to`.
+    """
+
+    def __init__(self, weights, biases, dropout_input, dropout_hidden):
+        super().__init__()
+        self.weights = nn.ParameterList(nn.Parameter(w) for w in weights)
+        self.biases = nn.ParameterList(nn.Parameter(b) for b in biases)
+        k = len(weights[0])
+        self.register_buffer("dropout_input", torch.as_tensor(dropout_input, dtype=torch.float32).view(k, 1, 1))
+        self.register_buffer("dropout_hidden", torch.as_tensor(dropout_hidden, dtype=torch.float32).view(k, 1, 1))
+        # Python-side flags: members without dropout cost nothing when none of them drops.
+        self.drops_input = bool(self.dropout_input.any())
+        self.drops_hidden = bool(self.dropout_hidden.any())
+
+    @classmethod
+    @torch.no_grad()
+    def from_models(cls, models) -> "StackedMLP":
+        """Stack copies of the parameters of same-architecture :class:`MLP` s."""
+        shapes = {tuple(layer.weight.shape for layer in m.layers) for m in models}
+        if len(shapes) != 1:
+            raise ValueError(f"models of different architectures cannot be stacked: {sorted(shapes)}")
+        layers = range(len(models[0].layers))
+        return cls([torch.stack([m.layers[l].weight.detach() for m in models]).clone() for l in layers],
+                   [torch.stack([m.layers[l].bias.detach() for m in models])[:, None, :].clone() for l in layers],
+                   [m.dropout_input for m in models], [m.dropout_hidden for m in models])
+
+    @torch.no_grad()
+    def copy_to(self, models) -> None:
+        """Write member k's parameters into ``models[k]``."""
+        for k, model in enumerate(models):
+            for layer, w, b in zip(model.layers, self.weights, self.biases):
+                layer.weight.copy_(w[k])
+                layer.bias.copy_(b[k, 0])
+
+    @property
+    def members(self) -> int:
+        return self.weights[0].shape[0]
+
+    def forward(self, x: torch.Tensor, return_hidden: bool = False):
+        """Logits ``[K, B, classes]`` for inputs ``[K, B, in]`` (member k sees ``x[k]``) or ``[B, in]``
+        (every member sees the same batch); with ``return_hidden`` also the hidden ReLU activations
+        (pre-dropout), one ``[K, B, units]`` tensor per hidden layer."""
+        if x.dim() == 2:
+            x = x.expand(self.members, *x.shape)
+        if self.drops_input:
+            x = dropout(x, self.dropout_input, self.training)
+        hidden = []
+        for w, b in zip(self.weights[:-1], self.biases[:-1]):
+            x = F.relu(torch.baddbmm(b, x, w.transpose(1, 2)))
+            hidden.append(x)
+            if self.drops_hidden:
+                x = dropout(x, self.dropout_hidden, self.training)
+        logits = torch.baddbmm(self.biases[-1], x, self.weights[-1].transpose(1, 2))
+        return (logits, hidden) if return_hidden else logits

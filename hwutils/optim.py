@@ -19,6 +19,8 @@ __all__ = [
     "unrolled_second_moment",
     "recursive_second_moment",
     "Adam",
+    "adam_update_",
+    "sgd_update_",
     "centred_exponential",
     "monte_carlo_second_moment",
     "expected_second_moment_ratio",
@@ -33,6 +35,9 @@ __all__ = [
 def bias_correction(beta, t):
     """The factor ``1 - beta**t`` by which an EMA started at 0 underestimates its target after t steps."""
     return 1 - beta ** t
+
+
+bias_correction_factor = bias_correction  # the name used where "bias_correction" is a flag
 
 
 def _check_beta(name: str, beta) -> None:
@@ -115,7 +120,33 @@ def monte_carlo_second_moment(beta2s, variances, n_runs: int, rng: np.random.Gen
     return mean, se
 
 
-# --------------------------------------------------------------------------- the optimizer
+# --------------------------------------------------------------------------- the optimizers
+@torch.no_grad()
+def adam_update_(p, g, m, v, t: int, lr, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
+                 bias_correction: bool = True) -> None:
+    """One Adam step of Algorithm 1 on ``p`` in place, given its gradient ``g``, moments ``m``, ``v``
+    and the step number ``t`` (already incremented). ``lr`` is a float or a tensor broadcasting
+    against ``p`` (one learning rate per member of a stacked model)."""
+    m.mul_(beta1).add_(g, alpha=1 - beta1)                           # m_t = β1 m_{t-1} + (1-β1) g_t
+    v.mul_(beta2).addcmul_(g, g, value=1 - beta2)                    # v_t = β2 v_{t-1} + (1-β2) g_t²
+    if bias_correction:
+        m_hat = m / bias_correction_factor(beta1, t)
+        v_hat = v / bias_correction_factor(beta2, t)
+    else:
+        m_hat, v_hat = m, v
+    p.sub_(lr * m_hat / (v_hat.sqrt() + eps))
+
+
+@torch.no_grad()
+def sgd_update_(p, g, buf, lr, momentum, nesterov: bool = True) -> None:
+    """One step of SGD with momentum on ``p`` in place, as ``torch.optim.SGD`` (dampening 0):
+    ``buf ← momentum·buf + g``; step along ``g + momentum·buf`` (Nesterov) or ``buf``. ``lr`` and
+    ``momentum`` are floats or tensors broadcasting against ``p`` (one per stacked member)."""
+    buf.mul_(momentum).add_(g)
+    p.addcmul_(torch.addcmul(g, buf, momentum) if nesterov and torch.is_tensor(momentum)
+               else g.add(buf, alpha=momentum) if nesterov else buf, lr, value=-1)
+
+
 class Adam(torch.optim.Optimizer):
     """Adam, Algorithm 1 of Kingma & Ba (2015), one parameter tensor at a time with plain tensor ops.
 
@@ -162,15 +193,8 @@ class Adam(torch.optim.Optimizer):
                     state["exp_avg"] = torch.zeros_like(p)
                     state["exp_avg_sq"] = torch.zeros_like(p)
                 state["step"] += 1                                   # t ← t + 1 comes first
-                t, m, v = state["step"], state["exp_avg"], state["exp_avg_sq"]
-                m.mul_(beta1).add_(g, alpha=1 - beta1)               # m_t = β1 m_{t-1} + (1-β1) g_t
-                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)        # v_t = β2 v_{t-1} + (1-β2) g_t²
-                if group["bias_correction"]:
-                    m_hat = m / bias_correction(beta1, t)
-                    v_hat = v / bias_correction(beta2, t)
-                else:
-                    m_hat, v_hat = m, v
-                p.sub_(group["lr"] * m_hat / (v_hat.sqrt() + group["eps"]))
+                adam_update_(p, g, state["exp_avg"], state["exp_avg_sq"], state["step"], group["lr"],
+                             beta1, beta2, group["eps"], group["bias_correction"])
         return loss
 
 

@@ -12,6 +12,7 @@ Conventions (each is what a test checks):
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -24,7 +25,11 @@ __all__ = [
     "kl_sparsity_penalty",
     "max_norm_",
     "soft_threshold_",
+    "project_rows_",
+    "shrink_",
     "L1Schedule",
+    "MemberRegularizer",
+    "member_regularizers",
 ]
 
 
@@ -53,16 +58,18 @@ def kl_sparsity_penalty(activations, rho: float = 0.05, eps: float = 1e-6) -> to
     (a hard clamp at 1 would leave very active units unpenalized). It is then clamped to
     ``[eps, 1-eps]`` so that dead units (all zeros) give a finite penalty, never NaN or inf.
 
-    ``activations``: one (batch x units) tensor or a list of them (one per hidden layer).
+    ``activations``: one (batch x units) tensor or a list of them (one per hidden layer); or, for
+    the K members of a stacked model, ``[K, batch, units]`` tensors with ``rho`` of shape ``[K, 1]``,
+    giving one penalty per member.
     """
-    if not 0.0 < rho < 1.0:
+    if not torch.is_tensor(rho) and not 0.0 < rho < 1.0:
         raise ValueError(f"rho is a target mean activation in (0, 1), got {rho}")
     if isinstance(activations, torch.Tensor):
         activations = [activations]
     total = 0.0
     for h in activations:
-        q = torch.tanh(h).mean(0).clamp(eps, 1 - eps)
-        total = total + (rho * torch.log(rho / q) + (1 - rho) * torch.log((1 - rho) / (1 - q))).sum()
+        q = torch.tanh(h).mean(-2).clamp(eps, 1 - eps)  # batch mean per unit
+        total = total + (rho * torch.log(rho / q) + (1 - rho) * torch.log((1 - rho) / (1 - q))).sum(-1)
     return total
 
 
@@ -78,12 +85,20 @@ def max_norm_(model: nn.Module, c: float, *, include_output: bool = False) -> No
     if c <= 0:
         raise ValueError(f"max-norm radius c must be > 0, got {c}")
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if not include_output:
-        linears = linears[:-1]
-    for layer in linears:
-        w = layer.weight
-        norms = w.norm(dim=1, keepdim=True)
-        w.mul_(torch.clamp(c / norms.clamp_min(1e-12), max=1.0))
+    for layer in linears if include_output else linears[:-1]:
+        project_rows_(layer.weight, c)
+
+
+@torch.no_grad()
+def project_rows_(w: torch.Tensor, c) -> None:
+    """Rescale each row (last dimension) of ``w`` with norm above ``c`` to norm ``c``, in place.
+
+    ``c`` is a float or a tensor broadcasting against the row norms (``[K, 1, 1]`` for stacked
+    ``[K, out, in]`` weights; ``inf`` leaves a member unconstrained). Rows inside the ball are
+    multiplied by exactly 1, i.e. left as they are.
+    """
+    norms = w.norm(dim=-1, keepdim=True)
+    w.mul_(torch.clamp(c / norms.clamp_min(1e-12), max=1.0))
 
 
 @torch.no_grad()
@@ -95,7 +110,14 @@ def soft_threshold_(model: nn.Module, threshold: float) -> None:
     weights oscillate around zero, it sets them exactly to zero.
     """
     for w in weights(model):
-        w.copy_(torch.sign(w) * torch.clamp(w.abs() - threshold, min=0.0))
+        shrink_(w, threshold)
+
+
+@torch.no_grad()
+def shrink_(w: torch.Tensor, threshold) -> None:
+    """Soft-threshold ``w`` in place; ``threshold`` is a float or a tensor broadcasting against ``w``
+    (0 leaves ``w`` exactly as it is)."""
+    w.copy_(torch.sign(w) * torch.clamp(w.abs() - threshold, min=0.0))
 
 
 @dataclass(frozen=True)
@@ -120,3 +142,133 @@ class L1Schedule:
 
     def coef_at(self, epoch: int, epochs: int) -> float:
         return self.coef if epoch >= self.start_epoch(epochs) else 0.0
+
+
+# --------------------------------------------------------------------------- per member of a stack
+class MemberRegularizer:
+    """One regularizer acting on the K members of a :class:`hwutils.models.StackedMLP`, each with
+    its own constant. A regularizer contributes to a training step in (any of) three ways:
+
+    * ``loss(hidden)``: a term added to the objective before the backward pass (``[K]``);
+    * ``add_grad_(weights, grads)``: a term added to the weight gradients after it;
+    * ``project_(weights, lr)``: a change of the weights after the optimizer step.
+
+    ``value(weights)`` is its weighted penalty per member (``[K]``, for the History), and
+    ``start_epoch(epoch, epochs)`` lets it follow a schedule. Constants are ``[K, 1, 1]`` tensors,
+    updated in place, so that a captured CUDA graph sees their new values.
+    """
+
+    def start_epoch(self, epoch: int, epochs: int) -> None:
+        pass
+
+    def loss(self, hidden) -> torch.Tensor | float:
+        return 0.0
+
+    def add_grad_(self, weights, grads) -> None:
+        pass
+
+    def project_(self, weights, lr) -> None:
+        pass
+
+    def value(self, weights) -> torch.Tensor | float:
+        return 0.0
+
+
+def _member_values(values, device) -> torch.Tensor:
+    return torch.tensor([float(v) for v in values], dtype=torch.float32, device=device).view(-1, 1, 1)
+
+
+def _per_member(weights, fn) -> torch.Tensor:
+    return sum(fn(w).sum((1, 2)) for w in weights)
+
+
+class L2Penalty(MemberRegularizer):
+    """``l2·Σw²``, entered as its gradient ``2·l2·w``."""
+
+    def __init__(self, l2, device):
+        self.coef = _member_values(l2, device)
+        self.grad_coef = 2 * self.coef
+
+    def add_grad_(self, weights, grads):
+        for w, g in zip(weights, grads):
+            g.addcmul_(w, self.grad_coef)
+
+    def value(self, weights):
+        return self.coef.view(-1) * _per_member(weights, torch.square)
+
+
+class L1Penalty(MemberRegularizer):
+    """``l1·Σ|w|`` from the member's :class:`L1Schedule` start on: as the subgradient ``l1·sign w``,
+    or, for members with ``proximal``, as a soft-threshold after the step by ``lr·l1·prox_scale``."""
+
+    def __init__(self, schedules, proximal, prox_scale, device):
+        self.schedules = list(schedules)
+        self.proximal = _member_values(proximal, device)
+        self.prox_scale = _member_values(prox_scale, device)
+        self.any_proximal = any(proximal)
+        self.coef = torch.zeros_like(self.proximal)
+
+    def start_epoch(self, epoch, epochs):
+        now = [s.coef_at(epoch, epochs) for s in self.schedules]
+        self.coef.copy_(torch.tensor(now).view(-1, 1, 1))
+
+    def add_grad_(self, weights, grads):
+        subgradient = self.coef * (1 - self.proximal)
+        for w, g in zip(weights, grads):
+            g.addcmul_(torch.sign(w), subgradient)
+
+    def project_(self, weights, lr):
+        if self.any_proximal:
+            threshold = lr * self.coef * self.proximal * self.prox_scale
+            for w in weights:
+                shrink_(w, threshold)
+
+    def value(self, weights):
+        return self.coef.view(-1) * _per_member(weights, torch.abs)
+
+
+class KLSparsity(MemberRegularizer):
+    """``β·Σ KL(ρ ‖ ρ̂_j)`` over hidden units (:func:`kl_sparsity_penalty`), a loss term; its value is
+    that of the last minibatch."""
+
+    def __init__(self, beta, rho, device):
+        self.beta = _member_values(beta, device).view(-1)
+        self.rho = _member_values([r if b else 0.5 for r, b in zip(rho, beta)], device).view(-1, 1)
+        self.last = torch.zeros_like(self.beta)
+
+    def loss(self, hidden):
+        term = self.beta * kl_sparsity_penalty(hidden, self.rho)
+        self.last = term.detach()
+        return term
+
+    def value(self, weights):
+        return self.last
+
+
+class MaxNorm(MemberRegularizer):
+    """Each hidden unit's incoming weight vector projected onto ``‖w‖ ≤ c`` after every step
+    (``c = inf``: unconstrained member); the output layer is left free, as in Srivastava et al."""
+
+    def __init__(self, c, device):
+        self.c = _member_values([math.inf if v is None else v for v in c], device)
+
+    def project_(self, weights, lr):
+        for w in weights[:-1]:
+            project_rows_(w, self.c)
+
+
+def member_regularizers(configs, device) -> list[MemberRegularizer]:
+    """The regularizers that at least one of the training ``configs`` uses, one constant per member."""
+    regs = []
+    if any(c.l2 for c in configs):
+        regs.append(L2Penalty([c.l2 for c in configs], device))
+    if any(c.l1 for c in configs):
+        # Momentum SGD moves by lr/(1-momentum) per unit of steady gradient; the prox step uses the
+        # same effective step so that proximal and subgradient L1 shrink weights equally fast.
+        scale = [1 / (1 - c.momentum) if c.optimizer == "sgd" else 1.0 for c in configs]
+        regs.append(L1Penalty([c.l1_schedule for c in configs], [c.l1_proximal for c in configs], scale, device))
+    if any(c.kl for c in configs):
+        regs.append(KLSparsity([c.kl for c in configs], [c.kl_rho for c in configs], device))
+    if any(c.max_norm is not None for c in configs):
+        regs.append(MaxNorm([c.max_norm for c in configs], device))
+    return regs

@@ -1,27 +1,31 @@
-"""The one training loop: :func:`fit` trains any model of this project and returns a :class:`History`.
+"""The one training loop: :func:`fit_members` trains K same-shape MLPs at once as one stacked model;
+:func:`fit` is its K = 1 case.
 
-A step is: slice a minibatch from in-memory tensors → forward → data loss (+ KL penalty) →
-backward → weight-penalty gradients → optimizer step → constraints (max-norm, L1 prox) → log.
+A step (:func:`train_step`) is: slice each member's minibatch from in-memory tensors → forward
+(one batched product per layer) → data loss + loss terms (KL) → gradients + gradient terms
+(L2, L1) → optimizer update → projections (max-norm, L1 prox). The step is the same on every
+device; on CUDA it is captured once as a CUDA graph and replayed, and no epoch reads a value back
+to the host before its end.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from torch.nn import functional as F
-from tqdm import tqdm  # text bars: they render in terminals, notebooks and papermill logs alike
 
 from .data import Split
-from .diagnostics import near_zero_fraction
-from .regularizers import (L1Schedule, kl_sparsity_penalty, l1_penalty, l2_penalty, max_norm_,
-                           soft_threshold_, weights)
+from .models import MLP, StackedMLP
+from .optim import adam_update_, sgd_update_
+from .progress import progress_bar
+from .regularizers import L1Schedule, member_regularizers
 
-__all__ = ["TrainConfig", "History", "fit", "evaluate", "penalty_value"]
+__all__ = ["TrainConfig", "History", "fit", "fit_members", "train_step", "evaluate", "evaluate_members"]
 
 OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("constant", "cosine")
@@ -48,6 +52,7 @@ class TrainConfig:
     optimizer: str = "sgd"
     lr: float = 0.05
     momentum: float = 0.9
+    nesterov: bool = True
     lr_schedule: str = "cosine"
     l2: float = 0.0
     l1: float = 0.0
@@ -99,7 +104,8 @@ class History:
     * ``val_loss``, ``val_error``: on the validation split, model in evaluation mode.
     * ``small_weights``: fraction of weights with ``|w| < 1e-3`` at the end of each epoch
       (how sparse the network is; see L1).
-    * ``epoch_seconds``: wall time of each epoch (training and validation).
+    * ``epoch_seconds``: wall time of each epoch (training and validation); for K runs trained
+      together, the epoch's time divided by K.
     * ``best_epoch``: the epoch with the best ``monitor`` value; with early stopping, the weights
       returned are that epoch's.
     """
@@ -114,6 +120,7 @@ class History:
     epoch_seconds: list[float] = field(default_factory=list)
     best_epoch: int = 0
     stopped_early: bool = False
+    diverged: bool = False
     steps_per_epoch: int = 0
 
     @property
@@ -135,6 +142,11 @@ class History:
     def from_dict(cls, d: dict) -> "History":
         return cls(**d)
 
+    def record(self, **values) -> None:
+        """Append one epoch's values (``train_loss=..., val_loss=..., ...``)."""
+        for name, value in values.items():
+            getattr(self, name).append(value)
+
     def to_frame(self):
         """Per-epoch table (pandas DataFrame indexed by epoch)."""
         import pandas as pd
@@ -146,139 +158,239 @@ class History:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, split: Split, batch_size: int = 4096) -> tuple[float, float]:
-    """Mean cross-entropy and error rate (fraction misclassified) of ``model`` on ``split``."""
-    was_training = model.training
-    model.eval()
-    total_loss = torch.zeros((), device=split.X.device)
-    total_wrong = torch.zeros((), device=split.X.device, dtype=torch.long)
+def evaluate_members(net: StackedMLP, split: Split, batch_size: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean cross-entropy and error rate of every member on ``split`` (two ``[K]`` tensors, left on
+    the device: reading them is the caller's one host sync)."""
+    was_training = net.training
+    net.eval()
+    total_loss = torch.zeros(net.members, device=split.X.device)
+    total_wrong = torch.zeros(net.members, device=split.X.device)
     for i in range(0, len(split), batch_size):
-        logits = model(split.X[i:i + batch_size])
-        y = split.y[i:i + batch_size]
-        total_loss += F.cross_entropy(logits, y, reduction="sum")
-        total_wrong += (logits.argmax(1) != y).sum()
-    model.train(was_training)
-    loss, wrong = total_loss.item(), total_wrong.item()  # one host sync per evaluation
-    return loss / len(split), wrong / len(split)
+        logits = net(split.X[i:i + batch_size])                          # [K, B, classes]
+        y = split.y[i:i + batch_size].expand(net.members, -1)
+        total_loss += F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view_as(y).sum(1)
+        total_wrong += (logits.argmax(-1) != y).sum(1)
+    net.train(was_training)
+    return total_loss / len(split), total_wrong / len(split)
 
 
-def penalty_value(model: nn.Module, config: TrainConfig, l1_coef: float, hidden=None) -> float:
-    """The weighted penalty ``l2·Σw² + l1·Σ|w| + kl·KL`` (KL only when ``hidden`` is given)."""
-    with torch.no_grad():
-        value = 0.0
-        if config.l2:
-            value += config.l2 * float(l2_penalty(model))
-        if l1_coef:
-            value += l1_coef * float(l1_penalty(model))
-        if config.kl and hidden is not None:
-            value += config.kl * float(kl_sparsity_penalty(hidden, config.kl_rho))
-    return value
+def evaluate(model: MLP, split: Split, batch_size: int = 4096) -> tuple[float, float]:
+    """Mean cross-entropy and error rate (fraction misclassified) of ``model`` on ``split``."""
+    loss, error = evaluate_members(StackedMLP.from_models([model]).to(split.X.device), split, batch_size)
+    return float(loss[0]), float(error[0])
 
 
-def _make_optimizer(params, config: TrainConfig):
-    if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr, foreach=True)
-    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
-                           nesterov=config.momentum > 0, foreach=True)
-
-
-def _lr_at(config: TrainConfig, step: int, total_steps: int) -> float:
+def _lr_factor(config: TrainConfig, step: int, total_steps: int) -> float:
     if config.lr_schedule == "cosine":
-        return 0.5 * config.lr * (1 + math.cos(math.pi * step / total_steps))
-    return config.lr
+        return 0.5 * (1 + math.cos(math.pi * step / total_steps))
+    return 1.0
 
 
-def fit(model: nn.Module, train: Split, val: Split, config: TrainConfig = TrainConfig(), *,
-        progress: bool = True, desc: str | None = None) -> History:
-    """Train ``model`` on ``train`` with ``config``; validate on ``val`` after every epoch.
+class MemberOptimizer:
+    """SGD (momentum, Nesterov or plain) or Adam over a stacked model's parameters, each member
+    with its own learning rate and momentum (``[K, 1, 1]`` tensors)."""
 
-    Runs on the device that holds ``train`` (the model is moved there). Minibatches are slices of
-    the in-memory tensors by a permutation drawn from ``config.seed``, which also seeds dropout:
-    the same seed, model initialisation and data give the same :class:`History` on the CPU.
-    ``progress`` shows a tqdm bar over epochs.
+    def __init__(self, params, configs):
+        kinds = {(c.optimizer, c.nesterov) for c in configs}
+        if len(kinds) != 1:
+            raise ValueError(f"runs trained together must share the optimizer, got {sorted(kinds)}")
+        (self.kind, self.nesterov), = kinds
+        self.params = list(params)
+        momenta = {c.momentum for c in configs}  # one float when shared: fewer, fused operations
+        self.momentum = momenta.pop() if len(momenta) == 1 else torch.tensor(
+            [c.momentum for c in configs], device=self.params[0].device).view(-1, 1, 1)
+        self.state = [(torch.zeros_like(p), torch.zeros_like(p)) for p in self.params]
+        self.t = 0
+
+    @torch.no_grad()
+    def step_(self, grads, lr: torch.Tensor) -> None:
+        self.t += 1
+        for p, g, (a, b) in zip(self.params, grads, self.state):
+            if self.kind == "sgd":
+                sgd_update_(p, g, a, lr, self.momentum, self.nesterov)
+            else:
+                adam_update_(p, g, a, b, self.t, lr)
+
+
+def train_step(net: StackedMLP, train: Split, idx: torch.Tensor, lr: torch.Tensor, regularizers,
+               optimizer: MemberOptimizer) -> torch.Tensor:
+    """One minibatch step of every member; returns the data loss (cross-entropy) per member, ``[K]``.
+
+    ``idx[k]`` holds member k's example indices, ``lr[k]`` its learning rate (0: frozen member).
     """
+    xb, yb = train.X[idx], train.y[idx]                                  # [K, B, D], [K, B]
+    logits, hidden = net(xb, return_hidden=True)
+    data_loss = F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none").view_as(yb).mean(1)
+    objective = (data_loss + sum(r.loss(hidden) for r in regularizers)).sum()  # members are independent
+    params = [*net.weights, *net.biases]
+    grads = torch.autograd.grad(objective, params)
+    with torch.no_grad():
+        for r in regularizers:
+            r.add_grad_(net.weights, grads[:len(net.weights)])
+        optimizer.step_(grads, lr)
+        for r in regularizers:
+            r.project_(net.weights, lr)
+    return data_loss.detach()
+
+
+class _ReplayedStep:
+    """:func:`train_step` captured once as a CUDA graph and replayed: one launch per step instead
+    of one per kernel. Inputs go through static tensors; the first ``warmup`` steps run eagerly
+    (on a side stream, as capture requires). A minibatch of another size runs eagerly."""
+
+    def __init__(self, step, idx_shape, k: int, device, warmup: int = 3):
+        self.step, self.warmup = step, warmup
+        self.idx = torch.zeros(idx_shape, dtype=torch.long, device=device)
+        self.lr = torch.zeros(k, 1, 1, device=device)
+        self.graph, self.loss, self.done = None, None, 0
+
+    def __call__(self, idx, lr):
+        if idx.shape != self.idx.shape:
+            return self.step(idx, lr)
+        self.idx.copy_(idx)
+        self.lr.copy_(lr)
+        if self.graph is None and self.done < self.warmup:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                loss = self.step(self.idx, self.lr)
+            torch.cuda.current_stream().wait_stream(side)
+            self.done += 1
+            return loss
+        if self.graph is None:
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.loss = self.step(self.idx, self.lr)
+        self.graph.replay()
+        return self.loss
+
+
+def _check_together(models, configs) -> None:
+    if len(models) != len(configs) or not models:
+        raise ValueError(f"need one config per model, got {len(models)} models and {len(configs)} configs")
+    shared = {(c.epochs, c.batch_size) for c in configs}
+    if len(shared) != 1:
+        raise ValueError(f"runs trained together must share epochs and batch size, got {sorted(shared)}")
+
+
+def fit_members(models, train: Split, val: Split, configs, *, names=None, progress: bool = True,
+                desc: str | None = None, on_nan: str = "raise", cuda_graph: bool | None = None) -> list[History]:
+    """Train K same-architecture :class:`MLP` s together, each with its own :class:`TrainConfig`;
+    return one :class:`History` each. The models' weights are replaced by the trained ones.
+
+    The models are stacked into a :class:`StackedMLP` (weights ``[K, out, in]``) and every step
+    trains all members with batched products. Each member keeps its own seed (minibatch order),
+    constants, learning rate and early stopping: a member that stops keeps its weights (learning
+    rate 0) and gets its best epoch's weights back at the end. Dropout masks come from the global
+    RNG, seeded with the first member's seed. Members must share epochs and batch size.
+    ``on_nan``: "raise" stops everything with a :class:`FloatingPointError` naming the member
+    (``names``) and its learning rate; "stop" freezes the diverged member and marks its History
+    ``diverged`` (for learning-rate studies). ``cuda_graph``: capture the step as a CUDA graph
+    (default: on CUDA with SGD).
+    """
+    configs = list(configs)
+    _check_together(models, configs)
+    if on_nan not in ("raise", "stop"):
+        raise ValueError(f"on_nan must be 'raise' or 'stop', got {on_nan!r}")
     if len(train) == 0 or len(val) == 0:
         raise ValueError("train and val splits must not be empty")
     if val.X.device != train.X.device:
         raise ValueError(f"train is on {train.X.device} but val is on {val.X.device}; put both on one device")
-    device = train.X.device
-    model.to(device)
-    torch.manual_seed(config.seed)
-    shuffle = torch.Generator().manual_seed(config.seed)
-    optimizer = _make_optimizer(model.parameters(), config)
-    ws = weights(model)
-    schedule = config.l1_schedule
-    # Momentum SGD moves by lr/(1-momentum) per unit of steady gradient; the prox step uses the
-    # same effective step size so that proximal and subgradient L1 shrink weights equally fast.
-    prox_scale = 1.0 / (1.0 - config.momentum) if config.optimizer == "sgd" else 1.0
-    n, bs = len(train), config.batch_size
-    steps_per_epoch = math.ceil(n / bs)
-    total_steps = config.epochs * steps_per_epoch
-    history = History(steps_per_epoch=steps_per_epoch)
-    best_score, best_state, since_best = math.inf, None, 0
-    step = 0
-    bar = tqdm(range(1, config.epochs + 1), desc=desc or "epochs", disable=not progress, leave=False)
-    for epoch in bar:
+    names = list(names or [f"run {k}" for k in range(len(models))])
+    device, k = train.X.device, len(models)
+    net = StackedMLP.from_models(models).to(device)
+    regularizers = member_regularizers(configs, device)
+    optimizer = MemberOptimizer([*net.weights, *net.biases], configs)
+    torch.manual_seed(configs[0].seed)
+    shuffles = [torch.Generator().manual_seed(c.seed) for c in configs]
+    epochs, bs, n = configs[0].epochs, configs[0].batch_size, len(train)
+    steps = math.ceil(n / bs)
+    base_lr = torch.tensor([c.lr for c in configs])
+    step = lambda idx, lr: train_step(net, train, idx, lr, regularizers, optimizer)
+    if cuda_graph is None:
+        cuda_graph = device.type == "cuda" and optimizer.kind == "sgd"
+    if cuda_graph:
+        step = _ReplayedStep(step, (k, bs), k, device)
+    histories = [History(steps_per_epoch=steps) for _ in configs]
+    active = [True] * k
+    best = [(math.inf, None, 0)] * k                    # (score, weights, epochs since) per member
+    bar = progress_bar(total=epochs, desc=desc or ", ".join(names), unit="epoch", disable=not progress)
+    for epoch in range(1, epochs + 1):
         start = time.perf_counter()
-        model.train()
-        l1_coef = schedule.coef_at(epoch - 1, config.epochs)
-        perm = torch.randperm(n, generator=shuffle).to(device)
-        losses = torch.empty(steps_per_epoch, device=device)
-        hidden = None
-        for b in range(steps_per_epoch):
-            idx = perm[b * bs:(b + 1) * bs]
-            xb, yb = train.X[idx], train.y[idx]
-            lr = _lr_at(config, step, total_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            if config.kl:
-                logits, hidden = model(xb, return_hidden=True)
-                loss = F.cross_entropy(logits, yb)
-                objective = loss + config.kl * kl_sparsity_penalty(hidden, config.kl_rho)
-            else:
-                loss = objective = F.cross_entropy(logits := model(xb), yb)
-            optimizer.zero_grad(set_to_none=True)
-            objective.backward()
-            # Weight penalties enter as their gradients (2·l2·w, l1·sign w): the same update as
-            # differentiating l2·Σw² + l1·Σ|w|, without an autograd graph over every weight.
-            grads = [w.grad for w in ws]
-            if config.l2:
-                torch._foreach_add_(grads, ws, alpha=2 * config.l2)
-            if l1_coef and not config.l1_proximal:
-                torch._foreach_add_(grads, torch._foreach_sign(ws), alpha=l1_coef)
-            optimizer.step()
-            if l1_coef and config.l1_proximal:
-                soft_threshold_(model, lr * l1_coef * prox_scale)
-            if config.max_norm is not None:
-                max_norm_(model, config.max_norm)
-            losses[b] = loss.detach()
-            step += 1
-        epoch_losses = losses.tolist()
-        if not all(map(math.isfinite, epoch_losses)):
-            raise FloatingPointError(f"training loss became {epoch_losses[-1]} in epoch {epoch}; "
-                                     f"lower the learning rate (lr={config.lr})")
-        val_loss, val_error = evaluate(model, val)
-        history.iter_loss += epoch_losses
-        history.train_loss.append(sum(epoch_losses) / len(epoch_losses))
-        history.penalty.append(penalty_value(model, config, l1_coef, hidden))
-        history.val_loss.append(val_loss)
-        history.val_error.append(val_error)
-        history.lr.append(lr)
-        history.small_weights.append(near_zero_fraction(model))
-        history.epoch_seconds.append(time.perf_counter() - start)
-        bar.set_postfix(train_loss=f"{history.train_loss[-1]:.4f}", val_error=f"{val_error:.2%}")
-
-        score = val_loss if config.monitor == "val_loss" else val_error
-        if score < best_score:
-            best_score, since_best, history.best_epoch = score, 0, epoch
-            if config.patience is not None:
-                best_state = copy.deepcopy(model.state_dict())
-        else:
-            since_best += 1
-            if config.patience is not None and since_best >= config.patience:
-                history.stopped_early = epoch < config.epochs
-                break
+        net.train()
+        order = torch.stack([torch.randperm(n, generator=g) for g in shuffles]).to(device)
+        first = (epoch - 1) * steps
+        factors = torch.tensor([[_lr_factor(c, s, epochs * steps) for c in configs]
+                                for s in range(first, first + steps)])
+        lrs = (factors * base_lr * torch.tensor(active, dtype=torch.float32)).to(device).view(steps, k, 1, 1)
+        for r in regularizers:
+            r.start_epoch(epoch - 1, epochs)
+        losses = torch.empty(steps, k, device=device)
+        for b in range(steps):
+            losses[b] = step(order[:, b * bs:(b + 1) * bs], lrs[b])
+        val_loss, val_error = evaluate_members(net, val)
+        penalty = sum(r.value(net.weights) for r in regularizers) + torch.zeros(k, device=device)
+        small = sum((w.abs() < 1e-3).sum((1, 2)) for w in net.weights) / sum(w[0].numel() for w in net.weights)
+        per_member = torch.cat([losses.T, val_loss[:, None], val_error[:, None], penalty[:, None], small[:, None]], 1)
+        rows = per_member.tolist()                                           # the epoch's one host sync
+        seconds = (time.perf_counter() - start) / k
+        for m, row in enumerate(rows):
+            if not active[m]:
+                continue
+            *iter_loss, v_loss, v_error, pen, small_m = row
+            h = histories[m]
+            if not all(map(math.isfinite, iter_loss)):
+                if on_nan == "raise":
+                    raise FloatingPointError(f"{names[m]}: training loss became {iter_loss[-1]} in epoch {epoch}; "
+                                             f"lower the learning rate (lr={configs[m].lr:g})")
+                h.diverged, active[m] = True, False
+                continue
+            h.iter_loss += iter_loss
+            h.record(train_loss=sum(iter_loss) / steps, penalty=pen, val_loss=v_loss, val_error=v_error,
+                     lr=float(lrs[-1, m]), small_weights=small_m, epoch_seconds=seconds)
+            active[m] = _track_best(h, best, m, net, configs[m], epoch)
+        if progress:
+            bar.set_postfix_str(f"val error {min(h.val_error[-1] for h in histories if h.val_error):.2%}"
+                                if any(h.val_error for h in histories) else "")
+        bar.update()
+        if not any(active):
+            break
     bar.close()
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    return history
+    with torch.no_grad():
+        for m, (_, weights, _) in enumerate(best):
+            if weights is not None:                                     # early stopping: best epoch back
+                for w, saved in zip([*net.weights, *net.biases], weights):
+                    w[m].copy_(saved)
+    net.copy_to(models)
+    return histories
+
+
+def _track_best(history: History, best: list, m: int, net: StackedMLP, config: TrainConfig, epoch: int) -> bool:
+    """Update member ``m``'s best epoch (and, with early stopping, its best weights); False: stop it."""
+    score = history.val_loss[-1] if config.monitor == "val_loss" else history.val_error[-1]
+    best_score, weights, since = best[m]
+    if score < best_score:
+        history.best_epoch = epoch
+        if config.patience is not None:
+            weights = [p[m].detach().clone() for p in [*net.weights, *net.biases]]
+        best[m] = (score, weights, 0)
+        return True
+    best[m] = (best_score, weights, since + 1)
+    if config.patience is not None and since + 1 >= config.patience:
+        history.stopped_early = epoch < config.epochs
+        return False
+    return True
+
+
+def fit(model: MLP, train: Split, val: Split, config: TrainConfig = TrainConfig(), *,
+        progress: bool = True, desc: str | None = None) -> History:
+    """Train ``model`` on ``train`` with ``config``, validating on ``val`` after every epoch: the
+    one-member case of :func:`fit_members`.
+
+    Runs on the device that holds ``train`` (the model is moved there). Minibatches are slices of
+    the in-memory tensors by a permutation drawn from ``config.seed``, which also seeds dropout:
+    the same seed, model initialisation and data give the same :class:`History` on the CPU.
+    ``progress`` shows a bar over epochs.
+    """
+    model.to(train.X.device)
+    return fit_members([model], train, val, [config], names=[desc or "run"], progress=progress, desc=desc)[0]

@@ -16,7 +16,7 @@ def test_a_cached_run_is_loaded_not_retrained(moons, tmp_path, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("retrained a cached run")
 
-    monkeypatch.setattr(experiments, "fit", no_training)
+    monkeypatch.setattr(experiments, "fit_members", no_training)
     again = run(TINY, moons, seed=0, results_dir=tmp_path, progress=False)
     assert again.history == first.history and again.test_error == first.test_error
     x = moons.test.X[:5]
@@ -26,8 +26,8 @@ def test_a_cached_run_is_loaded_not_retrained(moons, tmp_path, monkeypatch):
 def test_a_changed_parameter_or_force_retrains(moons, tmp_path, monkeypatch):
     run(TINY, moons, seed=0, results_dir=tmp_path, progress=False)
     calls = []
-    real_fit = experiments.fit
-    monkeypatch.setattr(experiments, "fit", lambda *a, **k: calls.append(1) or real_fit(*a, **k))
+    real_fit = experiments.fit_members
+    monkeypatch.setattr(experiments, "fit_members", lambda *a, **k: calls.append(1) or real_fit(*a, **k))
     run(TINY.replace(lr=0.01), moons, seed=0, results_dir=tmp_path, progress=False)
     run(TINY, moons, seed=1, results_dir=tmp_path, progress=False)
     run(TINY, moons, seed=0, results_dir=tmp_path, progress=False, data_spec={"noise": 0.2})
