@@ -5,18 +5,30 @@ axes, labels every axis with its unit, and returns the matplotlib Figure.
 """
 from __future__ import annotations
 
+import io
+import math
+
 import matplotlib.pyplot as plt
+import matplotlib.ticker as mticker
 import numpy as np
 import seaborn as sns
 import torch
 
 from .diagnostics import flat_weights, hidden_activity, unit_norms
+from .optim import bias_correction, uncorrected_step_ratio
 
 __all__ = [
-    "use_style", "method_colors", "plot_training_curves", "plot_iteration_loss",
-    "plot_decision_boundaries", "plot_weight_histograms", "plot_error_bars", "plot_sweep",
-    "plot_method_panels", "plot_unit_norms", "plot_activity", "plot_point_cloud", "show_table",
+    "PAGE_WIDTH", "use_style", "caption", "format_percent", "method_colors", "method_styles",
+    "plot_training_curves", "plot_iteration_loss", "plot_decision_boundaries",
+    "plot_weight_histograms", "plot_error_bars", "plot_sweep", "plot_method_panels",
+    "plot_unit_norms", "plot_activity", "plot_point_cloud", "plot_second_moment_check",
+    "plot_second_moment_deviation", "plot_uncorrected_steps", "plot_nonstationary", "show_table",
+    "show_settings",
 ]
+
+#: Width (inches) of a figure that spans the text column: the PDF shows it at ≈ 6.3 in, so the
+#: font sizes of :func:`use_style` come out at 8–9 pt on the page.
+PAGE_WIDTH = 7.0
 
 EPOCH_PANELS = {
     "train_loss": "training data loss (cross-entropy)",
@@ -26,17 +38,119 @@ EPOCH_PANELS = {
     "small_weights": "weights with |w| < 10⁻³ (%)",
 }
 
+#: Ten clearly different colours (matplotlib's tab10): no two methods of a figure share one.
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+           "#bcbd22", "#17becf")
+#: The report's methods: one colour and line style each, the same in every figure. A method that
+#: coincides with another for a while (early stopping, L2 + L1 before L1 starts) is dashed, so that
+#: the line beneath still shows.
+METHOD_STYLES = {
+    "no penalty": {"color": "#4d4d4d", "ls": "-"},
+    "L1": {"color": PALETTE[1], "ls": "-"},
+    "L2": {"color": PALETTE[0], "ls": "-"},
+    "early stopping": {"color": PALETTE[2], "ls": "--"},
+    "L1 (proximal)": {"color": PALETTE[4], "ls": "-"},
+    "L2 + L1 (late)": {"color": PALETTE[1], "ls": "--"},
+    "L2 + KL-sparsity": {"color": PALETTE[2], "ls": "-"},
+    "max-norm": {"color": PALETTE[3], "ls": "-"},
+    "dropout + L2": {"color": PALETTE[4], "ls": "-"},
+    "dropout + max-norm": {"color": PALETTE[5], "ls": "-"},
+}
+_assigned_styles: dict[str, dict] = {}  # methods outside METHOD_STYLES, in order of first use
+_figure_count = [0]  # figures captioned so far in this kernel (one notebook)
+
 
 def use_style() -> None:
-    """The report's one figure style (call once at the top of a notebook)."""
-    sns.set_theme(style="whitegrid", context="notebook", palette="colorblind")
-    plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 110, "figure.autolayout": False,
-                         "axes.titlesize": "medium", "legend.fontsize": "small"})
+    """The report's one figure style, sized for the page (call once at the top of a notebook;
+    it also restarts the figure numbers of :func:`caption`)."""
+    sns.set_theme(style="whitegrid", context="paper", palette="colorblind")
+    plt.rcParams.update({
+        "figure.dpi": 120, "savefig.dpi": 120, "figure.figsize": (PAGE_WIDTH, 3.2),
+        "figure.autolayout": False, "font.size": 10, "axes.titlesize": 10, "axes.labelsize": 9.5,
+        "xtick.labelsize": 9, "ytick.labelsize": 9, "legend.fontsize": 8.5,
+        "legend.title_fontsize": 8.5, "figure.titlesize": 11, "lines.linewidth": 1.5,
+    })
+    _figure_count[0] = 0
+
+
+def caption(text: str, fig=None) -> None:
+    """Show ``fig`` (default: every open figure) and below it "**Figure N.** text", numbering the
+    figures of a notebook 1, 2, … The figures are closed, so the notebook shows them only here.
+    They are shown as PNG images, so they appear whatever the matplotlib backend (e.g. Agg)."""
+    from IPython.display import Image, Markdown, display
+
+    figures = [fig] if fig is not None else [plt.figure(n) for n in plt.get_fignums()]
+    for figure in figures:
+        png = io.BytesIO()
+        figure.savefig(png, format="png", bbox_inches="tight")
+        display(Image(data=png.getvalue(), format="png"))
+        plt.close(figure)
+    _figure_count[0] += 1
+    display(Markdown(f"**Figure {_figure_count[0]}.** {text}"))
+
+
+def format_percent(value: float, digits: int = 1) -> str:
+    """A percentage with ``digits`` decimals, or more where rounding would turn a value strictly
+    between 0 and 100 into 0 or 100: 99.95 stays "99.95", never "100.0"."""
+    text = f"{value:.{digits}f}"
+    while 0 < value < 100 and float(text) in (0.0, 100.0) and digits < 8:
+        digits += 1
+        text = f"{value:.{digits}f}"
+    return text
+
+
+def method_styles(names) -> dict[str, dict]:
+    """Colour and line style (``{"color", "ls"}``) per method: fixed for the report's methods
+    (:data:`METHOD_STYLES`), else the next unused colour; distinct methods of one call never
+    share a colour."""
+    styles, used = {}, set()
+    for name in dict.fromkeys(names):
+        style = METHOD_STYLES.get(name) or _assigned_styles.get(name)
+        if style is None or style["color"] in used:
+            free = [c for c in PALETTE if c not in used and c not in
+                    {s["color"] for n, s in _assigned_styles.items() if n != name}]
+            style = {"color": (free or [c for c in PALETTE if c not in used] or PALETTE)[0],
+                     "ls": "-" if style is None else style["ls"]}
+            _assigned_styles.setdefault(name, style)
+        styles[name] = style
+        used.add(style["color"])
+    return styles
 
 
 def method_colors(names) -> dict:
-    """A fixed color per method, so a method has the same color in every figure."""
-    return dict(zip(names, sns.color_palette("colorblind", len(list(names)))))
+    """A fixed colour per method, so a method has the same colour in every figure."""
+    return {name: style["color"] for name, style in method_styles(names).items()}
+
+
+def _legend_below(fig, handles, labels, ncol: int = 3) -> None:
+    """One legend for the whole figure, under its axes."""
+    rows = math.ceil(len(labels) / ncol)
+    height = (0.2 * rows + 0.08) / fig.get_figheight()
+    fig.tight_layout(rect=(0, height, 1, 1))
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, frameon=False)
+
+
+def _grid(n: int, height: float, ncols: int = 2, **kwargs):
+    """A figure of ``n`` panels, at most ``ncols`` per row, page-wide; unused slots removed."""
+    ncols = min(ncols, n)
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(PAGE_WIDTH, height * nrows + 0.5),
+                             squeeze=False, **kwargs)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:n]), list(axes.flat[n:])
+
+
+def _legend_in_spare_slot(fig, spare, handles, labels, ncol_below: int = 3, **kwargs) -> None:
+    """The legend in the grid's first unused slot (removed), else under the axes."""
+    if not spare:
+        _legend_below(fig, handles, labels, ncol=ncol_below)
+        return
+    fig.tight_layout()
+    box = spare[0].get_position()
+    center = (box.x0 + box.width / 2, box.y0 + box.height / 2)
+    fig.legend(handles, labels, loc="center", bbox_to_anchor=center, **kwargs)
+    fig.delaxes(spare[0])
 
 
 def _by_method(results) -> dict[str, list]:
@@ -46,136 +160,167 @@ def _by_method(results) -> dict[str, list]:
     return grouped
 
 
-def _mean_band(ax, curves, label, color, scale=1.0):
+def _mean_band(ax, curves, label, style, scale=1.0):
     """Mean over seeds with a min-max band; seeds may have run different numbers of epochs."""
     length = max(len(c) for c in curves)
     arr = np.full((len(curves), length), np.nan)
     for i, c in enumerate(curves):
         arr[i, :len(c)] = np.asarray(c) * scale
     x = np.arange(1, length + 1)
-    ax.plot(x, np.nanmean(arr, 0), label=label, color=color)
+    ax.plot(x, np.nanmean(arr, 0), label=label, color=style["color"], ls=style["ls"])
     if len(curves) > 1:
-        ax.fill_between(x, np.nanmin(arr, 0), np.nanmax(arr, 0), color=color, alpha=0.2, lw=0)
+        ax.fill_between(x, np.nanmin(arr, 0), np.nanmax(arr, 0), color=style["color"], alpha=0.15,
+                        lw=0)
 
 
-def plot_training_curves(results, panels=tuple(EPOCH_PANELS), title=None, log_loss=True):
+def plot_training_curves(results, panels=tuple(EPOCH_PANELS), title=None, log_loss=True,
+                         log_epochs=False):
     """Per-epoch curves of every method (mean over seeds, band = min-max): training data loss,
-    penalty, validation loss, validation error. The penalty is its own panel, so methods are
-    compared by data loss. A dot marks each method's best epoch (first seed)."""
+    penalty, validation loss, validation error — two panels per row. The penalty is its own panel,
+    so methods are compared by data loss. A dot marks each method's best epoch (first seed).
+    ``log_epochs``: a log epoch axis, for runs whose early epochs matter most."""
     grouped = _by_method(results)
-    colors = method_colors(grouped)
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
-    for ax, panel in zip(axes[0], panels):
+    styles = method_styles(grouped)
+    fig, axes, spare = _grid(len(panels), 2.5, sharex=True)
+    for ax, panel in zip(axes, panels):
         for name, runs in grouped.items():
             scale = 100.0 if panel in ("val_error", "small_weights") else 1.0
-            _mean_band(ax, [getattr(r.history, panel) for r in runs], name, colors[name], scale)
+            _mean_band(ax, [getattr(r.history, panel) for r in runs], name, styles[name], scale)
             best = runs[0].history.best_epoch
             if panel in ("val_loss", "val_error") and best:
-                ax.plot(best, getattr(runs[0].history, panel)[best - 1] * scale, "o", color=colors[name], ms=4)
-        ax.set_xlabel("epoch")
+                y_best = getattr(runs[0].history, panel)[best - 1] * scale
+                ax.plot(best, y_best, "o", color=styles[name]["color"], ms=4)
+        ax.set_xlabel("epoch (log scale)" if log_epochs else "epoch")
+        ax.set_xscale("log" if log_epochs else "linear")
+        ax.xaxis.set_tick_params(labelbottom=True)
         ax.set_ylabel(EPOCH_PANELS[panel])
         if log_loss and panel in ("train_loss", "val_loss", "penalty"):
             if all(min(getattr(r.history, panel)) > 0 for runs in grouped.values() for r in runs):
                 ax.set_yscale("log")
-    axes[0][0].legend(loc="best")
-    fig.suptitle(title or "Training data loss falls for every method; validation curves show which generalizes")
-    fig.tight_layout()
+    fig.suptitle(title or "Training data loss falls for every method; "
+                          "validation curves show which generalizes")
+    _legend_in_spare_slot(fig, spare, *axes[0].get_legend_handles_labels(),
+                          title="mean over seeds (band: min–max)")
     return fig
+
+
+def _running_mean(values, window: int):
+    """(x, mean over the last ``window`` values) for every full window."""
+    values = np.asarray(values)
+    k = max(1, min(window, len(values)))
+    return np.arange(k - 1, len(values)), np.convolve(values, np.ones(k) / k, mode="valid")
 
 
 def plot_iteration_loss(results, smooth: int = 50, title=None):
     """Training data loss of every minibatch (first seed per method), with a running mean of
     ``smooth`` iterations on top of the raw (faint) values; log scale."""
     grouped = _by_method(results)
-    colors = method_colors(grouped)
-    fig, ax = plt.subplots(figsize=(8, 3.8))
+    styles = method_styles(grouped)
+    fig, ax = plt.subplots(figsize=(PAGE_WIDTH, 3.4))
     for name, runs in grouped.items():
         loss = np.asarray(runs[0].history.iter_loss)
-        ax.plot(loss, color=colors[name], alpha=0.15, lw=0.5)
-        k = max(1, min(smooth, len(loss)))
-        running = np.convolve(loss, np.ones(k) / k, mode="valid")
-        ax.plot(np.arange(k - 1, len(loss)), running, color=colors[name], label=name)
+        ax.plot(loss, color=styles[name]["color"], alpha=0.12, lw=0.5)
+        ax.plot(*_running_mean(loss, smooth), **styles[name], label=name)
     ax.set_yscale("log")
     ax.set_xlabel("iteration (minibatch update)")
     ax.set_ylabel("training data loss (cross-entropy)")
-    ax.legend(loc="best")
     ax.set_title(title or f"Per-iteration training loss (running mean over {smooth} updates)")
-    fig.tight_layout()
+    _legend_below(fig, *ax.get_legend_handles_labels())
     return fig
 
 
 @torch.no_grad()
-def plot_decision_boundaries(models: dict, split, errors: dict | None = None, grid: int = 250, title=None):
-    """Each model's decision regions (probability of class 1) over the 2-D points of ``split``."""
+def plot_decision_boundaries(models: dict, split, errors: dict | None = None, grid: int = 250,
+                             title=None):
+    """Each model's decision regions (probability of class 1) over the 2-D points of ``split``,
+    two panels per row."""
     X, y = split.X.cpu().numpy(), split.y.cpu().numpy()
     pad = 0.5
     xs = np.linspace(X[:, 0].min() - pad, X[:, 0].max() + pad, grid)
     ys = np.linspace(X[:, 1].min() - pad, X[:, 1].max() + pad, grid)
     gx, gy = np.meshgrid(xs, ys)
     points = torch.tensor(np.c_[gx.ravel(), gy.ravel()], dtype=torch.float32)
-    fig, axes = plt.subplots(1, len(models), figsize=(3.6 * len(models), 3.6), squeeze=False,
-                             sharex=True, sharey=True)
-    for ax, (name, model) in zip(axes[0], models.items()):
+    fig, axes, _ = _grid(len(models), 2.7, sharex=True, sharey=True)
+    ncols = min(2, len(models))
+    for i, (ax, (name, model)) in enumerate(zip(axes, models.items())):
         model.eval()
         device = next(model.parameters()).device
         prob = torch.softmax(model(points.to(device)), 1)[:, 1].cpu().numpy().reshape(gx.shape)
         ax.contourf(gx, gy, prob, levels=np.linspace(0, 1, 11), cmap="RdBu_r", alpha=0.6)
         ax.contour(gx, gy, prob, levels=[0.5], colors="k", linewidths=1.2)
-        ax.scatter(X[:, 0], X[:, 1], c=y, cmap="RdBu_r", edgecolors="k", s=14, lw=0.4)
-        label = name if errors is None else f"{name}\n(test error {100 * errors[name]:.1f} %)"
-        ax.set_title(label)
-        ax.set_xlabel("$x_1$")
-    axes[0][0].set_ylabel("$x_2$")
+        ax.scatter(X[:, 0], X[:, 1], c=y, cmap="RdBu_r", edgecolors="k", s=12, lw=0.4)
+        ax.set_title(name if errors is None else f"{name} (test error {100 * errors[name]:.1f} %)")
+        ax.set_xlabel("$x_1$" if i >= len(models) - ncols else "")
+        ax.set_ylabel("$x_2$" if i % ncols == 0 else "")
     fig.suptitle(title or "Decision boundaries (black: p = 0.5) over the training points")
     fig.tight_layout()
     return fig
 
 
 def plot_weight_histograms(models: dict, tol: float = 1e-3, title=None):
-    """Histogram of |w| per method on a log axis, with the fraction of weights below ``tol``."""
-    colors = method_colors(models)
-    fig, ax = plt.subplots(figsize=(8, 3.8))
-    all_w = [flat_weights(m).abs().numpy() for m in models.values()]
-    floor = 1e-8
-    lo = max(floor, min(float(np.min(w[w > 0])) if (w > 0).any() else floor for w in all_w))
-    hi = max(float(w.max()) for w in all_w)
+    """Weights per method: left, the share that is exactly zero (bars); right, the histogram of
+    the non-zero |w| on log axes, with the fraction of weights below ``tol``."""
+    styles = method_styles(models)
+    weights = {name: flat_weights(m).abs().numpy() for name, m in models.items()}
+    fig, (zero_ax, ax) = plt.subplots(1, 2, figsize=(PAGE_WIDTH, 3.4), width_ratios=(1, 4))
+    for i, (name, w) in enumerate(weights.items()):
+        zero = 100 * float((w == 0).mean())
+        zero_ax.bar(i, zero, color=styles[name]["color"], width=0.8)
+        inside = zero > 55
+        zero_ax.text(i, zero - 3 if inside else zero + 3, format_percent(zero), rotation=90,
+                     ha="center", va="top" if inside else "bottom", fontsize=8,
+                     color="white" if inside else "black")
+    zero_ax.set(xticks=[], ylim=(0, 100), xlabel="method (colour)",
+                ylabel="exactly zero (% of weights)")
+    nonzero = [w[w > 0] for w in weights.values() if (w > 0).any()]
+    lo = min(float(w.min()) for w in nonzero) if nonzero else tol / 10
+    hi = max(float(w.max()) for w in nonzero) if nonzero else tol * 10
     bins = np.logspace(np.log10(lo), np.log10(hi), 60)
-    for (name, w) in zip(models, all_w):
-        frac = float((w < tol).mean())
-        ax.hist(np.clip(w, lo, None), bins=bins, histtype="step", lw=1.5, color=colors[name],
-                label=f"{name}: {100 * frac:.1f} % below {tol:g}")
-    ax.axvline(tol, color="gray", ls="--", lw=1)
-    ax.set_xscale("log")
-    ax.set_xlabel("|weight| (log scale; exact zeros drawn at the left edge)")
-    ax.set_ylabel("number of weights")
-    ax.legend(loc="upper left")
-    ax.set_title(title or "Weight magnitudes: a sparse solution puts mass far left of the dashed line")
-    fig.tight_layout()
+    for name, w in weights.items():
+        below = format_percent(100 * float((w < tol).mean()))
+        ax.hist(w[w > 0], bins=bins, histtype="step", lw=1.5, **styles[name],
+                label=f"{name}: {below} % below {tol:g}")
+    ax.axvline(tol, color="gray", ls=":", lw=1)
+    ax.set(xscale="log", yscale="log", xlabel="|weight| of the non-zero weights (log scale)",
+           ylabel="number of weights (log scale)")
+    fig.suptitle(title or "Weight magnitudes: a sparse solution puts mass far left of the dotted "
+                          "line")
+    handles, labels = ax.get_legend_handles_labels()
+    _legend_below(fig, handles, labels, ncol=2)
     return fig
 
 
 def plot_error_bars(summary, column: str = "test_error_pct", reference: dict | None = None,
                     reference_label: str = "reference", title=None, ylabel="test error (%)"):
     """Bar per method (mean over seeds, error bar = std) of a :func:`hwutils.experiments.summarize`
-    column, with optional reference values drawn as black markers."""
+    column, with optional reference values drawn as black markers. Each value is written above
+    its error bar (and above the reference marker); the legend, only with a reference, sits under
+    the axes."""
     names = list(summary.index)
     mean = summary[(column, "mean")].to_numpy()
     std = np.nan_to_num(summary[(column, "std")].to_numpy())
     colors = method_colors(names)
-    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(names)), 3.8))
+    fig, ax = plt.subplots(figsize=(0.85 * PAGE_WIDTH, 3.4))
     x = np.arange(len(names))
-    ax.bar(x, mean, yerr=std, color=[colors[n] for n in names], capsize=4, label="this run (mean ± std over seeds)")
-    for xi, m in zip(x, mean):
-        ax.text(xi, m, f"{m:.2f}", ha="center", va="bottom", fontsize="small")
+    ax.bar(x, mean, yerr=std, color=[colors[n] for n in names], capsize=4, error_kw={"lw": 1.2},
+           label="this run (mean ± std over seeds)")
+    top = mean + std
     if reference:
-        ref = [reference.get(n, np.nan) for n in names]
-        ax.plot(x, ref, "k_", ms=28, mew=2.5, ls="none", label=reference_label)
+        ref = np.array([reference.get(n, np.nan) for n in names], dtype=float)
+        ax.plot(x, ref, "k_", ms=24, mew=2.5, ls="none", label=reference_label)
+        top = np.fmax(top, ref)
+    pad = 0.03 * np.nanmax(top)
+    for xi, m, t in zip(x, mean, top):
+        ax.text(xi, t + pad, f"{m:.2f}", ha="center", va="bottom", fontsize=8.5)
+    ax.set_ylim(0, 1.15 * np.nanmax(top) + pad)
     ax.set_xticks(x, names, rotation=20, ha="right")
     ax.set_xlabel("method")
     ax.set_ylabel(ylabel)
-    ax.legend(loc="upper right")
     ax.set_title(title or "Test error per method")
-    fig.tight_layout()
+    if reference:
+        _legend_below(fig, *ax.get_legend_handles_labels(), ncol=2)
+    else:
+        fig.tight_layout()
     return fig
 
 
@@ -183,11 +328,12 @@ def plot_sweep(frame, x: str, y: str, hue: str, chosen: dict | None = None, titl
                xlabel=None, ylabel=None, logx: bool = True):
     """``y`` against ``x`` for each ``hue`` group (mean over seeds, band = ±1 std), e.g. validation
     error against the penalty coefficient λ; ``chosen`` marks the selected x per group."""
-    fig, ax = plt.subplots(figsize=(6.5, 3.8))
-    sns.lineplot(frame, x=x, y=y, hue=hue, marker="o", errorbar="sd", ax=ax)
+    fig, ax = plt.subplots(figsize=(0.85 * PAGE_WIDTH, 3.3))
+    sns.lineplot(frame, x=x, y=y, hue=hue, marker="o", errorbar="sd", ax=ax,
+                 palette=method_colors(frame[hue].unique()))
     for name, value in (chosen or {}).items():
         row = frame[(frame[hue] == name) & (frame[x] == value)][y].mean()
-        ax.plot(value, row, "k*", ms=14, zorder=5)
+        ax.plot(value, row, "k*", ms=12, zorder=5)
     if logx:
         ax.set_xscale("log")
     ax.set_xlabel(xlabel or x)
@@ -197,89 +343,197 @@ def plot_sweep(frame, x: str, y: str, hue: str, chosen: dict | None = None, titl
     return fig
 
 
-def plot_method_panels(results, smooth: int = 50, title=None):
-    """One row per method (first seed): per-iteration training data loss; per-epoch training
-    data loss with the penalty apart (dashed, right axis); validation loss; validation error."""
+def plot_method_panels(results, method: str | None = None, smooth: int = 50, title=None):
+    """One method on its own (first seed; ``None``: the first method of ``results``), 2×2 panels:
+    per-iteration training data loss; per-epoch training data loss with the penalty apart (dashed,
+    right axis); validation loss; validation error. Call it once per method."""
     grouped = _by_method(results)
-    colors = method_colors(grouped)
-    fig, axes = plt.subplots(len(grouped), 4, figsize=(16, 2.6 * len(grouped)), squeeze=False)
-    for row, (name, runs) in zip(axes, grouped.items()):
-        h, color = runs[0].history, colors[name]
-        loss = np.asarray(h.iter_loss)
-        k = max(1, min(smooth, len(loss)))
-        row[0].plot(loss, color=color, alpha=0.2, lw=0.5)
-        row[0].plot(np.arange(k - 1, len(loss)), np.convolve(loss, np.ones(k) / k, mode="valid"), color=color)
-        row[0].set(yscale="log", xlabel="iteration", ylabel="data loss")
-        row[0].set_title(name, loc="left", fontweight="bold")
-        epochs = np.arange(1, h.epochs_run + 1)
-        row[1].plot(epochs, h.train_loss, color=color, label="data loss")
-        row[1].set(yscale="log", xlabel="epoch", ylabel="training data loss")
-        if any(h.penalty):
-            twin = row[1].twinx()
-            twin.plot(epochs, h.penalty, color="gray", ls="--", label="penalty")
-            twin.set_ylabel("penalty (dashed)")
-            twin.grid(False)
-        row[2].plot(epochs, h.val_loss, color=color)
-        row[2].set(xlabel="epoch", ylabel="validation loss")
-        row[3].plot(epochs, 100 * np.asarray(h.val_error), color=color)
-        row[3].axvline(h.best_epoch, color="gray", ls=":", lw=1)
-        row[3].set(xlabel="epoch", ylabel="validation error (%)")
-    fig.suptitle(title or "Each method on its own: loss per iteration and per epoch, validation loss and error")
+    method = method or next(iter(grouped))
+    h, color = grouped[method][0].history, method_colors(grouped)[method]
+    fig, axes = plt.subplots(2, 2, figsize=(PAGE_WIDTH, 5.2))
+    (iters, data_loss), (val_loss, val_error) = axes
+    iters.plot(h.iter_loss, color=color, alpha=0.2, lw=0.5)
+    iters.plot(*_running_mean(h.iter_loss, smooth), color=color, label=f"running mean of {smooth}")
+    iters.set(yscale="log", xlabel="iteration (minibatch update)", ylabel="training data loss")
+    iters.legend(loc="upper right")
+    epochs = np.arange(1, h.epochs_run + 1)
+    data_loss.plot(epochs, h.train_loss, color=color)
+    data_loss.set(yscale="log", xlabel="epoch", ylabel="training data loss")
+    if any(h.penalty):
+        twin = data_loss.twinx()
+        twin.plot(epochs, h.penalty, color="gray", ls="--")
+        twin.set_ylabel("weighted penalty (dashed)")
+        twin.grid(False)
+    val_loss.plot(epochs, h.val_loss, color=color)
+    val_loss.set(xlabel="epoch", ylabel="validation loss")
+    val_error.plot(epochs, 100 * np.asarray(h.val_error), color=color)
+    val_error.axvline(h.best_epoch, color="gray", ls=":", lw=1,
+                      label=f"best epoch ({h.best_epoch})")
+    val_error.set(xlabel="epoch", ylabel="validation error (%)")
+    val_error.legend(loc="upper right")
+    fig.suptitle(title or f"{method} on its own (first seed)")
     fig.tight_layout()
     return fig
 
 
 def plot_unit_norms(models: dict, c: float | None = None, title=None):
-    """Distribution of the hidden units' incoming weight norms per method, with the max-norm radius."""
-    colors = method_colors(models)
-    fig, ax = plt.subplots(figsize=(8, 3.8))
+    """Distribution of the hidden units' incoming weight norms per method, with the max-norm
+    radius ``c`` (always inside the x-range); the legend counts the units at the cap (≥ 0.99 c)."""
+    styles = method_styles(models)
+    fig, ax = plt.subplots(figsize=(PAGE_WIDTH, 3.4))
     norms = {name: unit_norms(m).numpy() for name, m in models.items()}
-    bins = np.linspace(0, max(float(n.max()) for n in norms.values()) * 1.05, 60)
+    hi = max([float(n.max()) for n in norms.values()] + ([c] if c is not None else []))
+    bins = np.linspace(0, 1.05 * hi, 60)
     for name, n in norms.items():
-        ax.hist(n, bins=bins, histtype="step", lw=1.5, color=colors[name], label=name)
+        n_capped = 0 if c is None else int((n >= 0.99 * c).sum())
+        at_cap = "" if c is None else f": {n_capped} of {len(n)} units at ≥ 0.99 c"
+        ax.hist(n, bins=bins, histtype="step", lw=1.5, **styles[name], label=name + at_cap)
     if c is not None:
-        ax.axvline(c, color="k", ls="--", lw=1.2, label=f"max-norm radius c = {c:g}")
+        ax.axvline(c, color="k", ls=":", lw=1.2, label=f"max-norm radius c = {c:g}")
+    ax.set_xlim(0, 1.08 * hi)
     ax.set_xlabel("‖incoming weight vector‖₂ of a hidden unit")
     ax.set_ylabel("number of hidden units")
-    ax.legend(loc="upper right")
-    ax.set_title(title or "Per-unit weight norms: max-norm caps them at c; L2 shrinks them all")
-    fig.tight_layout()
+    ax.set_title(title or "Norms of the hidden units' incoming weights"
+                 + ("" if c is None else f" against the max-norm radius c = {c:g}"))
+    _legend_below(fig, *ax.get_legend_handles_labels(), ncol=2)
     return fig
 
 
 def plot_activity(models: dict, X, title=None):
-    """Per hidden unit: fraction of inputs on which it is active, and its mean activation."""
-    colors = method_colors(models)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 3.8))
+    """Per hidden unit: fraction of inputs on which it is active (top), its mean activation
+    (bottom)."""
+    styles = method_styles(models)
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(PAGE_WIDTH, 5.6))
     for name, model in models.items():
         stats = hidden_activity(model, X)
         frac, mean = stats["active_fraction"].numpy(), stats["mean_activation"].numpy()
-        ax1.hist(frac, bins=np.linspace(0, 1, 41), histtype="step", lw=1.5, color=colors[name],
-                 label=f"{name}: mean {frac.mean():.2f}")
-        ax2.hist(np.clip(mean, 1e-4, None), bins=np.logspace(-4, 1.5, 50), histtype="step", lw=1.5,
-                 color=colors[name], label=f"{name}: mean {mean.mean():.3f}")
-    ax1.set(xlabel="fraction of validation images on which the unit is active", ylabel="number of hidden units")
-    ax2.set(xscale="log", xlabel="mean activation of the unit (log; ≤1e-4 drawn at the left edge)",
+        style = {"histtype": "step", "lw": 1.5, **styles[name]}
+        ax1.hist(frac, bins=np.linspace(0, 1, 41), label=f"{name}: mean {frac.mean():.2f}", **style)
+        ax2.hist(np.clip(mean, 1e-4, None), bins=np.logspace(-4, 1.5, 50),
+                 label=f"{name}: mean {mean.mean():.3f}", **style)
+    ax1.set(xlabel="fraction of validation inputs on which the unit is active",
             ylabel="number of hidden units")
+    ax2.set(xscale="log", ylabel="number of hidden units",
+            xlabel="mean activation of the unit (log scale; ≤ 10⁻⁴ drawn at the left edge)")
     ax1.legend(loc="upper right")
     ax2.legend(loc="upper left")
-    fig.suptitle(title or "Hidden-unit activity: a sparsity penalty moves units towards rarely active")
+    fig.suptitle(title or "Hidden-unit activity: a sparsity penalty moves units towards rarely "
+                          "active")
     fig.tight_layout()
     return fig
 
 
 def plot_point_cloud(data, title=None):
     """The training points next to the (larger) validation sample of the same distribution."""
-    fig, axes = plt.subplots(1, 2, figsize=(9, 4), sharex=True, sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(PAGE_WIDTH, 3.4), sharex=True, sharey=True)
     for ax, (name, split) in zip(axes, (("training", data.train), ("validation", data.val))):
         X, y = split.X.cpu().numpy(), split.y.cpu().numpy()
-        ax.scatter(X[:, 0], X[:, 1], c=y, cmap="RdBu_r", edgecolors="k", s=16, lw=0.4)
+        ax.scatter(X[:, 0], X[:, 1], c=y, cmap="RdBu_r", edgecolors="k", s=14, lw=0.4)
         ax.set_title(f"{name} split ({len(split)} points)")
         ax.set_xlabel("$x_1$")
     axes[0].set_ylabel("$x_2$")
     fig.suptitle(title or "Few noisy training points: a wide MLP can fit the noise")
     fig.tight_layout()
     return fig
+
+
+# --------------------------------------------------------------------------- Part 1: Adam
+def plot_second_moment_check(t, mean, se, beta2s, title=None):
+    """Monte-Carlo mean of v_t / V (band: ± 2 s.e.) per β₂ against the derived factor 1 − β₂ᵗ and
+    the off-by-one 1 − β₂ᵗ⁺¹; ``mean`` and ``se`` have one row per β₂."""
+    fig, axes = plt.subplots(1, len(beta2s), figsize=(PAGE_WIDTH, 3.3), sharey=True)
+    for ax, beta2, m, s in zip(np.atleast_1d(axes), beta2s, mean, se):
+        ax.plot(t, m, color="C0", lw=4, alpha=0.4, label="measured")  # wide: visible under the lines
+        ax.fill_between(t, m - 2 * s, m + 2 * s, color="C0", alpha=0.35, label="± 2 s.e.")
+        ax.plot(t, bias_correction(beta2, t), "k--", lw=1, label=r"$1-\beta_2^t$ (derived)")
+        ax.plot(t, bias_correction(beta2, t + 1), color="C3", lw=1,
+                label=r"$1-\beta_2^{t+1}$ (slip)")
+        ax.set(xscale="log", yscale="log", xlabel="step $t$", title=rf"$\beta_2 = {beta2}$")
+    np.atleast_1d(axes)[0].set_ylabel(r"$\mathbb{E}[v_t]\,/\,V$")
+    fig.suptitle(title or r"The measured second moment follows $1-\beta_2^t$")
+    _legend_below(fig, *np.atleast_1d(axes)[0].get_legend_handles_labels())
+    return fig
+
+
+def plot_second_moment_deviation(t, z_derived, z_slip, beta2s, z_accept: float, title=None):
+    """(measured − candidate) / s.e. over the steps, one line per β₂: left against the derived
+    factor (grey band: ± ``z_accept``), right against the off-by-one factor (symlog axis)."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(PAGE_WIDTH, 3.3), sharex=True)
+    for ax, z, name in ((left, z_derived, r"$1-\beta_2^t$"), (right, z_slip, r"$1-\beta_2^{t+1}$")):
+        ax.axhspan(-z_accept, z_accept, color="0.88", label=f"± {z_accept:g} s.e.")
+        for k, beta2 in enumerate(beta2s):
+            ax.plot(t, z[k], color=f"C{k}", lw=0.8, label=rf"$\beta_2 = {beta2}$")
+        ax.set(xscale="log", xlabel="step $t$", ylabel="(measured − candidate) / s.e.",
+               title=f"candidate {name}")
+    right.set_yscale("symlog", linthresh=z_accept)
+    ticks = [-1000, -300, -100, -30, -10, 0, 10, 30, 100, 300, 1000]  # ± z_accept: the band
+    right.yaxis.set_major_locator(mticker.FixedLocator(ticks))
+    right.yaxis.set_major_formatter("{x:g}")
+    fig.suptitle(title or r"Deviations stay inside the band for $1-\beta_2^t$ only")
+    _legend_below(fig, *left.get_legend_handles_labels(), ncol=4)
+    return fig
+
+
+def plot_uncorrected_steps(steps, with_bc, without_bc, lr: float, beta1=0.9, beta2=0.999,
+                           long_steps: int = 20_000, title=None):
+    """Left: mean |Δθ| per coordinate of the first steps with and without bias correction.
+    Right: their ratio against the constant-gradient prediction (1 − β₁ᵗ) / √(1 − β₂ᵗ)."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(PAGE_WIDTH, 3.3))
+    ax1.plot(steps, with_bc, "o-", ms=2.5, label="with bias correction")
+    ax1.plot(steps, without_bc, "s-", ms=2.5, label="without bias correction")
+    ax1.axhline(lr, color="k", ls="--", lw=1, label="lr")
+    ax1.set(yscale="log", xlabel="step $t$", ylabel=r"mean $|\Delta\theta|$ per coordinate",
+            title="first steps several times too large")
+    long_t = np.arange(1, long_steps + 1)
+    predicted = uncorrected_step_ratio(beta1, beta2, long_t)
+    ax2.plot(long_t, predicted, "k--", lw=1, label="constant gradient")
+    measured = np.asarray(without_bc) / np.asarray(with_bc)
+    ax2.plot(steps, measured, "o", ms=2.5, color="C1", label="measured")
+    ax2.axhline(1, color="0.5", lw=0.8)
+    ax2.set(xscale="log", xlabel="step $t$", ylabel="step without / with correction",
+            title=r"excess fades after $\sim 1/(1-\beta_2)$ steps")
+    ax1.legend(loc="center right")
+    ax2.legend(loc="upper right")
+    fig.suptitle(title or "Without the correction Adam's first steps are too large, not too small")
+    fig.tight_layout()
+    return fig
+
+
+def plot_nonstationary(t, curves: dict, beta2s, drifts: dict, title=None):
+    """E[v_t] / ((1 − β₂ᵗ) E[g_t²]) for drifting gradient scales, one panel per β₂ (2 per row; the
+    legend in the spare slot): measured (band ± 2 s.e.) and exact; 1 means ζ = 0. ``curves`` maps
+    a drift name to (mean, s.e., exact), one row per β₂; ``drifts`` maps it to its factor r."""
+    fig, axes, spare = _grid(len(beta2s), 2.7, sharex=True)
+    for k, (ax, beta2) in enumerate(zip(axes, beta2s)):
+        stationary = bias_correction(beta2, t)  # divide by it: 1 means "no zeta"
+        for c, (name, (m, s, exact)) in enumerate(curves.items()):
+            low, high = (m[k] - 2 * s[k]) / stationary, (m[k] + 2 * s[k]) / stationary
+            ax.fill_between(t, low, high, color=f"C{c}", alpha=0.3,
+                            label=f"{name} (r = {drifts[name]}): measured ± 2 s.e.")
+            ax.plot(t, exact[k] / stationary, color=f"C{c}", lw=1, label=f"{name}: exact")
+        ax.axhline(1, color="k", ls="--", lw=1, label=r"stationary gradients ($\zeta = 0$)")
+        shown = np.concatenate([e[k] / stationary for *_, e in curves.values()])
+        if shown.max() / shown.min() > 5:  # spans orders of magnitude: log scale
+            ax.set_yscale("log")
+            ax.yaxis.set_major_locator(mticker.LogLocator(subs=(1, 2, 5)))
+            ax.yaxis.set_major_formatter("{x:g}")
+            ax.yaxis.set_minor_formatter(mticker.NullFormatter())
+        ax.set(xscale="log", xlabel="step $t$", title=rf"$\beta_2 = {beta2}$",
+               ylabel=r"$\mathbb{E}[v_t]\,/\,((1-\beta_2^t)\,\mathbb{E}[g_t^2])$")
+        ax.xaxis.set_tick_params(labelbottom=True)
+    fig.suptitle(title or r"With drifting gradients $\zeta \neq 0$, the more the closer $\beta_2$ "
+                          "is to 1")
+    _legend_in_spare_slot(fig, spare, *axes[0].get_legend_handles_labels(), ncol_below=2)
+    return fig
+
+
+def show_settings(settings: dict, header: str = "setting") -> None:
+    """Display ``{name: value}`` as a two-column table (e.g. an experiment's set-up)."""
+    import pandas as pd
+
+    frame = pd.DataFrame({"value": [str(v) for v in settings.values()]},
+                         index=pd.Index(list(settings), name=header))
+    show_table(frame)
 
 
 def show_table(frame, floatfmt: str = ".3g", index: bool = True) -> None:
