@@ -9,6 +9,8 @@ import functools
 import gzip
 import hashlib
 import os
+import shutil
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +23,7 @@ __all__ = [
     "Split",
     "Splits",
     "find_mnist_dir",
+    "export_mnist_dir",
     "read_idx",
     "load_mnist",
     "make_point_cloud",
@@ -98,8 +101,14 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     """
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (gzip.BadGzipFile, EOFError, zlib.error) as err:
+        raise DataError(f"{path} is not a valid gzip file ({err}); replace it with the official "
+                        f"{path.name}") from None
+    except OSError as err:
+        raise _unreadable(path, err) from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
         raise DataError(f"{path} is not an IDX file (bad magic number)")
     dtypes = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -116,55 +125,116 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     return np.frombuffer(raw, dtype, offset=offset).reshape(shape)
 
 
+def _unreadable(path: Path, err: OSError) -> DataError:
+    return DataError(f"cannot read {path} ({err.strerror or type(err).__name__}): make it readable "
+                     f"(chmod a+r {path}) or point {DATA_ENV_VAR} to a readable copy of the MNIST files")
+
+
 def _md5(path: Path) -> str:
     h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    try:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    except OSError as err:
+        raise _unreadable(path, err) from None
     return h.hexdigest()
 
 
-def _missing_message(searched: list[Path]) -> str:
+def _file_names(names) -> str:
+    return ", ".join(f"{n}.gz" for n in names)
+
+
+def _where(base: Path) -> str:
+    """What ``base`` (a searched folder, with its MNIST/raw and raw subfolders) holds of the four files."""
+    if not base.is_dir():
+        return f"{base}: no such folder"
+    best = []
+    for folder in (base, base / "MNIST" / "raw", base / "raw"):
+        present = [n for n in MNIST_FILES if (folder / f"{n}.gz").is_file() or (folder / n).is_file()]
+        if len(present) > len(best) or (folder == base and not best):
+            best, where = present, folder
+    missing = [n for n in MNIST_FILES if n not in best]
+    return f"{where}: missing {_file_names(missing)}" if best else f"{where}: none of the four files"
+
+
+def _missing_message(bases: list[Path]) -> str:
     files = ", ".join(f"{name}.gz (md5 {gz})" for name, (gz, _) in MNIST_FILES.items())
-    where = ", ".join(str(p) for p in searched) or "nowhere"
-    return (f"MNIST not found (searched {where}) and could not be downloaded. Put the four official "
+    where = "; ".join(_where(b) for b in bases) or "nowhere"
+    return (f"MNIST not found (searched {where}). Put the four official "
             f"files {files} in one folder and set {DATA_ENV_VAR}=/path/to/that/folder "
             f"(or pass root=...).")
 
 
-def _candidate_dirs(root) -> list[Path]:
+def _absolute(path) -> Path:
+    """``path`` absolute and normalized (``..`` removed; symbolic links kept)."""
+    return Path(os.path.abspath(os.path.expanduser(path)))
+
+
+def _search_bases(root) -> list[tuple[Path, str | None]]:
+    """The folders searched, absolute, each with who named it (None: the default ./data)."""
     if root is not None:
-        bases = [Path(root)]  # an explicit root is the only place looked at
-    else:
-        bases = [Path(os.environ[DATA_ENV_VAR])] if os.environ.get(DATA_ENV_VAR) else []
-        bases.append(Path("data"))
+        return [(_absolute(root), "root")]  # an explicit root is the only place looked at
+    bases = []
+    if os.environ.get(DATA_ENV_VAR):
+        bases.append((_absolute(os.environ[DATA_ENV_VAR]), DATA_ENV_VAR))
+    bases.append((_absolute("data"), None))
+    return bases
+
+
+def _candidate_dirs(root) -> list[Path]:
     # A flat folder of the four files, or torchvision's MNIST/raw/ layout below it.
-    return [d for b in bases for d in (b, b / "MNIST" / "raw", b / "raw")]
+    return [d for b, _ in _search_bases(root) for d in (b, b / "MNIST" / "raw", b / "raw")]
 
 
 def _locate(folder: Path) -> dict[str, tuple[Path, str]] | None:
     """Map each MNIST name to (path, expected md5) if all four are in ``folder``."""
     found = {}
     for name, (md5_gz, md5_raw) in MNIST_FILES.items():
-        if (folder / f"{name}.gz").is_file():
-            found[name] = (folder / f"{name}.gz", md5_gz)
-        elif (folder / name).is_file():
-            found[name] = (folder / name, md5_raw)
-        else:
-            return None
+        try:
+            if (folder / f"{name}.gz").is_file():
+                found[name] = (folder / f"{name}.gz", md5_gz)
+            elif (folder / name).is_file():
+                found[name] = (folder / name, md5_raw)
+            else:
+                return None
+        except PermissionError as err:
+            raise _unreadable(folder, err) from None
     return found
 
 
-def find_mnist_dir(root=None, *, download: bool = True) -> dict[str, Path]:
-    """Locate and verify the four MNIST files; return a map from name to path.
+def _download(target: Path, named_by: str | None) -> None:
+    """torchvision's MNIST download into ``target`` (created only when it is the default ./data);
+    whatever folders it created are removed again when it fails, so a failed download leaves nothing."""
+    if not target.is_dir() and named_by is not None:
+        what = f"{DATA_ENV_VAR}={os.environ.get(DATA_ENV_VAR)}" if named_by == DATA_ENV_VAR else f"root={target}"
+        raise DataError(f"{what}: no such folder {target} (MNIST is not downloaded into a folder that does not "
+                        f"exist, in case the path is mistyped); fix the path, or create the folder "
+                        f"(mkdir -p {target}) to download MNIST into it")
+    created = [p for p in (target, target / "MNIST") if not p.exists()]
+    try:
+        from torchvision.datasets import MNIST
 
-    Lookup order: ``root`` → ``$HWUTILS_DATA_DIR`` → ``./data``; in each, a flat folder or
-    torchvision's ``MNIST/raw/``. Each file's MD5 is checked against the official value. When the
-    files are absent and ``download`` is true, torchvision's MNIST downloader (mirrors + checksums)
-    fetches them; when that fails too (offline), a :class:`DataError` names the files and the fix.
+        MNIST(str(target), train=True, download=True)
+        MNIST(str(target), train=False, download=True)
+    except BaseException:
+        if created:  # the outermost folder it created holds the others
+            shutil.rmtree(created[0], ignore_errors=True)
+        raise
+
+
+def find_mnist_dir(root=None, *, download: bool = True) -> dict[str, Path]:
+    """Locate and verify the four MNIST files; return a map from name to (absolute) path.
+
+    Lookup order: ``root`` → ``$HWUTILS_DATA_DIR`` → ``./data``, relative paths taken from the
+    current directory; in each, a flat folder or torchvision's ``MNIST/raw/``. Each file's MD5 is
+    checked against the official value. When the files are absent and ``download`` is true,
+    torchvision's MNIST downloader (mirrors + checksums) fetches them into the first of those folders
+    (which must exist, unless it is the default ./data; a failed download leaves no folders behind);
+    when that fails too (offline), a :class:`DataError` names the missing files, where, and the fix.
     """
-    searched = _candidate_dirs(root)
-    for folder in searched:
+    bases = _search_bases(root)
+    for folder in _candidate_dirs(root):
         found = _locate(folder)
         if found is None:
             continue
@@ -175,16 +245,33 @@ def find_mnist_dir(root=None, *, download: bool = True) -> dict[str, Path]:
                                 f"or not the official MNIST; replace it with the official {path.name}")
         return {name: path for name, (path, _) in found.items()}
     if download:
-        target = searched[0]
+        target, named_by = bases[0]
+        message = _missing_message([b for b, _ in bases])  # before the download attempt: what was there
         try:
-            from torchvision.datasets import MNIST
-
-            MNIST(str(target), train=True, download=True)
-            MNIST(str(target), train=False, download=True)
+            _download(target, named_by)
+        except DataError:
+            raise
         except Exception as err:  # offline, mirror down, disk full...
-            raise DataError(_missing_message(searched) + f" (download failed: {type(err).__name__})") from None
+            raise DataError(f"{message} (download failed: {type(err).__name__}, into {target})") from None
         return find_mnist_dir(target, download=False)
-    raise DataError(_missing_message(searched))
+    raise DataError(_missing_message([b for b, _ in bases]))
+
+
+def mnist_folder(files: dict[str, Path]) -> Path:
+    """The one folder holding the four files that :func:`find_mnist_dir` returned."""
+    return _absolute(next(iter(files.values()))).parent
+
+
+def export_mnist_dir(root=None, *, download: bool = True) -> Path:
+    """:func:`find_mnist_dir`, then set ``$HWUTILS_DATA_DIR`` to the absolute folder of the files.
+
+    Processes started afterwards (the notebook kernels, which run in ``notebooks/``) inherit the
+    variable and find the same files whatever their working directory, also when the variable was
+    relative or unset (``./data``).
+    """
+    folder = mnist_folder(find_mnist_dir(root, download=download))
+    os.environ[DATA_ENV_VAR] = str(folder)
+    return folder
 
 
 @functools.lru_cache(maxsize=4)

@@ -2,39 +2,58 @@
 
 ``python -m hwutils.report --profile quick`` (what ``make report`` runs):
 
-1. checks the profile, the parameter overrides, the tools (xelatex, pandoc) and the MNIST files -
-   before any work;
+1. checks the profile, the parameter overrides, the PDF tools (pandoc and typst from the report
+   extra's wheels; xelatex only with PDF_ENGINE=xelatex) and the MNIST files - before any work;
 2. executes ``notebooks/*.ipynb`` into ``report/executed/`` (papermill, kernel ``hw3``); a failing
-   cell stops the build with papermill's error and leaves the partial notebook there;
+   cell stops the build with papermill's error and leaves the partial notebook there; the training
+   bars' status lines (:mod:`hwutils.progress`) are printed as they come; a notebook that plots but
+   holds no figure stops the build;
 3. renders ``report/html/<name>.html`` and ``report/pdf/<name>.pdf`` per notebook and the combined
    ``report/hw3_report.html`` / ``.pdf`` (title page, contents, the three parts in order).
 
 Code cells are hidden unless ``--show-code``; progress bars (stderr) are left out of the
-rendered pages but kept in the executed notebooks. ``--check`` verifies the outputs exist.
+rendered pages but kept in the executed notebooks. ``--check`` verifies the outputs exist and come
+from the last build, which succeeded (``report/.build-ok.json``: removed when a build starts, written
+when it ends well).
 """
 from __future__ import annotations
 
 import argparse
+import ast
+import contextlib
 import copy
 import datetime as dt
+import json
+import os
+import re
 import shutil
 import sys
+import tempfile
+import time
 from pathlib import Path
 
-from .data import DataError, find_mnist_dir
+from .cache import CacheError, check_writable
+from .data import DATA_ENV_VAR, DataError, find_mnist_dir, mnist_folder
+from .params import check_overrides
 from .profiles import check_profile
+from .progress import LOG_ENV, follow
 
-__all__ = ["build", "check_outputs", "check_tools", "resolve_parameters", "combine", "main"]
+__all__ = ["build", "check_outputs", "check_tools", "pdf_engine", "resolve_parameters", "combine", "render", "main"]
 
 ROOT = Path(__file__).resolve().parents[1]
-TEMPLATES = Path(__file__).resolve().parent / "templates"  # hw3_latex: fonts with Greek and math glyphs
+TEMPLATES = Path(__file__).resolve().parent / "templates"  # hw3_typst (default PDF), hw3_html, hw3_latex
 NOTEBOOKS = ROOT / "notebooks"
 REPORT = ROOT / "report"
+BUILD_STAMP = REPORT / ".build-ok.json"  # written by main() after a successful build; --check needs it
 KERNEL = "hw3"
 HTML_ONLY = "html-only"  # cell tag: shown in the HTML report, left out of the PDF
 TITLE = "HW3: Regularization and optimization in deep networks"
 LATEX_PACKAGES = ("Debian/Ubuntu: apt-get install texlive-xetex texlive-fonts-recommended "
-                  "texlive-plain-generic pandoc; conda: conda install -c conda-forge texlive-core pandoc")
+                  "texlive-plain-generic; conda: conda install -c conda-forge texlive-core")
+COURSE = "Course: Deep Neural Networks — homework 3"
+PDF_ENGINES = ("typst", "xelatex")  # typst: wheels only (the default); xelatex: nbconvert's LaTeX, needs TeX
+PDF_ENGINE_ENV = "HWUTILS_PDF_ENGINE"
+INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
 
 
 class ReportError(RuntimeError):
@@ -45,62 +64,169 @@ def notebook_paths() -> list[Path]:
     return sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
 
 
-def check_tools() -> None:
-    """Fail with the packages to install when xelatex or pandoc is missing (PDF needs both)."""
-    missing = [tool for tool in ("xelatex", "pandoc") if shutil.which(tool) is None]
-    if missing:
-        raise ReportError(f"{' and '.join(missing)} not found, needed for the PDF report; install "
-                          f"them ({LATEX_PACKAGES})")
+def pdf_engine(engine: str | None = None) -> str:
+    """The PDF engine: ``engine``, else ``$HWUTILS_PDF_ENGINE`` (the Makefile's PDF_ENGINE), else typst."""
+    engine = (engine or os.environ.get(PDF_ENGINE_ENV) or "typst").strip().lower()
+    if engine not in PDF_ENGINES:
+        raise ReportError(f"unknown PDF engine {engine!r} (PDF_ENGINE / ${PDF_ENGINE_ENV}); choose "
+                          f"{' or '.join(PDF_ENGINES)}")
+    return engine
+
+
+def check_tools(engine: str | None = None) -> None:
+    """Fail, naming what to install, when the PDF engine's tools are missing.
+
+    typst (the default) needs only the report extra's wheels: pandoc from pypandoc-binary and the
+    Typst compiler from typst. xelatex needs a TeX installation (pandoc still comes from the wheel).
+    """
+    from . import typeset
+
+    engine = pdf_engine(engine)
+    try:
+        typeset.pandoc()
+        if engine == "typst":
+            import typst  # noqa: F401
+    except (ImportError, typeset.TypesetError) as err:
+        raise ReportError(f"{err}; the report needs the 'report' extra: .venv/bin/python -m pip install -e "
+                          f"'.[report]' (make setup does it)") from None
+    if engine == "xelatex" and shutil.which("xelatex") is None:
+        raise ReportError(f"xelatex not found, needed for PDF_ENGINE=xelatex (the default, typst, needs no TeX); "
+                          f"install it ({LATEX_PACKAGES})")
 
 
 def resolve_parameters(profile: str, overrides: dict, paths: list[Path]) -> dict[Path, dict]:
     """Per-notebook papermill parameters: the profile plus each override the notebook declares.
 
-    An override that no notebook declares is an error (a typo would otherwise be ignored).
+    Everything is checked here, before any notebook runs: an override that no notebook declares is
+    an error (a typo would otherwise be ignored); each value must be allowed by the spec
+    (:mod:`hwutils.params`) of every notebook that declares it, and is normalized (``"1e-3"`` → 0.001);
+    an overridden ``results_dir`` is made absolute (relative to the current directory, not to the
+    notebooks' ``notebooks/``), and every notebook's results folder must be writable.
     """
     import papermill
 
     check_profile(profile)
-    declared = {p: set(papermill.inspect_notebook(str(p))) for p in paths}
+    inspected = {p: papermill.inspect_notebook(str(p)) for p in paths}
+    declared = {p: set(info) for p, info in inspected.items()}
     for path, names in declared.items():
         if "profile" not in names:
             raise ReportError(f"{path.name} has no 'profile' in its parameters cell")
-    unknown = set(overrides) - set().union(*declared.values())
+    unknown = {str(k) for k in overrides} - set().union(*declared.values())
     if unknown:
         raise ReportError(f"unknown parameter(s) {', '.join(sorted(unknown))}; the notebooks declare: "
                           f"{', '.join(sorted(set().union(*declared.values())))}")
-    return {p: {"profile": profile, **{k: v for k, v in overrides.items() if k in names}}
-            for p, names in declared.items()}
+    checked = check_overrides(overrides, declared)
+    for path, values in checked.items():
+        if "results_dir" in values:
+            values["results_dir"] = os.path.abspath(os.path.expanduser(values["results_dir"]))
+        if "results_dir" in declared[path]:
+            folder = values.get("results_dir") or _declared_default(inspected[path]["results_dir"])
+            if isinstance(folder, str):
+                check_writable(NOTEBOOKS / folder)  # the notebooks run in notebooks/
+    return {p: {"profile": profile, **checked[p]} for p in paths}
+
+
+def _declared_default(info: dict):
+    """The default value of a parameter as papermill's inspect_notebook reports it, or None."""
+    try:
+        return ast.literal_eval(info.get("default") or "None")
+    except (ValueError, SyntaxError):
+        return None
 
 
 def _exporter_kwargs(show_code: bool) -> dict:
     from nbconvert.preprocessors import Preprocessor
 
+    from .typeset import wrap_code
+
     class DropStderr(Preprocessor):
-        """Progress bars and warnings go to stderr; the rendered report leaves them out."""
+        """Progress bars and warnings go to stderr; the rendered report leaves them out. Long lines of
+        code and printed output are broken to the page width."""
 
         def preprocess_cell(self, cell, resources, index):
             if cell.cell_type == "code":
                 cell.outputs = [o for o in cell.outputs if not (o.output_type == "stream" and o.name == "stderr")]
+                cell.source = wrap_code(cell.source)
+                for output in cell.outputs:
+                    if output.output_type == "stream":
+                        output.text = wrap_code(output.text)
+                    elif "text/plain" in output.get("data", {}):
+                        output.data["text/plain"] = wrap_code(output.data["text/plain"])
             return cell, resources
 
     return {"exclude_input": not show_code, "exclude_input_prompt": True, "exclude_output_prompt": True,
             "preprocessors": [DropStderr]}
 
 
-def render(nb, html_path: Path, pdf_path: Path, show_code: bool) -> None:
-    """Write one notebook as HTML (MathJax, embedded figures) and as PDF (xelatex)."""
-    from nbconvert import HTMLExporter, PDFExporter
+def report_meta(profile: str, part: str | None = None) -> dict:
+    """What the title block shows: title, course line, by-line (hwutils version, profile), the date
+    (once), the PDF's Title metadata, and whether the PDF gets a title page and contents (the
+    combined report) or a one-line header (one part, ``part``: its title)."""
+    from . import __version__
+
+    return {"title": TITLE, "doc_title": TITLE if part is None else f"{TITLE} — {part}", "subtitle": COURSE,
+            "byline": [f"hwutils {__version__} · profile {profile}"], "date": dt.date.today().isoformat(),
+            "titlepage": part is None}
+
+
+def render(nb, html_path: Path, pdf_path: Path, show_code: bool, engine: str | None = None) -> None:
+    """Write one notebook as self-contained HTML and as PDF.
+
+    Both come from nbconvert's Markdown of the notebook (stderr dropped, code hidden unless
+    ``show_code``; cells tagged ``html-only`` only in the HTML): the HTML through pandoc (figures as
+    data URIs, math as MathML - reads offline), the PDF through pandoc's Typst writer and the typst
+    compiler (``engine`` typst, the default) or nbconvert's LaTeX and xelatex (``engine`` xelatex).
+    The title block comes from ``nb.metadata["hw3_report"]`` (:func:`report_meta`).
+    """
     from nbconvert.preprocessors import TagRemovePreprocessor
 
+    from . import typeset
+
+    engine = pdf_engine(engine)
+    meta = {"title": nb.metadata.get("title", TITLE), "subtitle": None, "byline": [], "date": None,
+            "titlepage": False, **nb.metadata.get("hw3_report", {})}
+    meta.setdefault("doc_title", meta["title"])
+    text = {k: meta[k] for k in ("title", "subtitle", "date")} | {"byline": tuple(meta["byline"])}
     kwargs = _exporter_kwargs(show_code)
-    html, _ = HTMLExporter(embed_images=True, **kwargs).from_notebook_node(nb)
-    html_path.parent.mkdir(parents=True, exist_ok=True)
-    html_path.write_text(html, encoding="utf-8")
-    pdf_only = TagRemovePreprocessor(remove_cell_tags={HTML_ONLY}, enabled=True)
-    kwargs["preprocessors"] = [pdf_only, *kwargs["preprocessors"]]
-    pdf, _ = PDFExporter(extra_template_basedirs=[str(TEMPLATES)], template_name="hw3_latex",
-                         **kwargs).from_notebook_node(nb)
+    pdf_kwargs = {**kwargs, "preprocessors": [TagRemovePreprocessor(remove_cell_tags={HTML_ONLY}, enabled=True),
+                                              *kwargs["preprocessors"]]}
+    with tempfile.TemporaryDirectory(prefix="hw3-render-") as tmp:
+        work = Path(tmp)
+        markdown = typeset.notebook_markdown(nb, work, **kwargs)
+        try:
+            warnings = typeset.markdown_to_html(markdown, html_path, work, toc=meta["titlepage"], **text).splitlines()
+            if engine == "typst":
+                warnings += typeset.markdown_to_pdf(typeset.notebook_markdown(nb, work, **pdf_kwargs), pdf_path, work,
+                                                    doc_title=meta["doc_title"], description=meta["subtitle"],
+                                                    titlepage=meta["titlepage"], **text)
+        except typeset.TypesetError as err:
+            raise ReportError(f"rendering {Path(pdf_path).stem}: {err}") from None
+    for warning in dict.fromkeys(w.strip() for w in warnings if w.strip()):
+        print(f"   {Path(pdf_path).stem}: {warning}", flush=True)
+    if engine == "xelatex":
+        _xelatex_pdf(nb, pdf_path, pdf_kwargs, meta)
+
+
+def _xelatex_pdf(nb, pdf_path: Path, kwargs: dict, meta: dict) -> None:
+    """The PDF through nbconvert's LaTeX (template hw3_latex) and xelatex."""
+    from nbconvert import PDFExporter
+
+    from . import typeset
+
+    nb = copy.deepcopy(nb)
+    nb.metadata["title"] = meta["doc_title"]
+    nb.metadata["authors"] = [{"name": line} for line in [meta["subtitle"], *meta["byline"]] if line]
+    if meta["date"]:
+        nb.metadata["date"] = meta["date"]
+    if meta["titlepage"]:
+        nb.cells.insert(0, _raw("\\clearpage\\tableofcontents\\clearpage", "application/pdf"))
+    path = os.environ.get("PATH", "")
+    os.environ["PATH"] = os.pathsep.join([str(Path(typeset.pandoc()).parent), path])  # nbconvert runs `pandoc`
+    try:
+        pdf, _ = PDFExporter(extra_template_basedirs=[str(TEMPLATES)], template_name="hw3_latex",
+                             **kwargs).from_notebook_node(nb)
+    finally:
+        os.environ["PATH"] = path
     pdf_path.parent.mkdir(parents=True, exist_ok=True)
     pdf_path.write_bytes(pdf)
 
@@ -122,77 +248,152 @@ def part_title(nb) -> str:
 
 
 def combine(executed: list, profile: str):
-    """One notebook: title, contents, then the executed parts in order (headings kept)."""
+    """One notebook: the executed parts in order (headings kept), with the title-page metadata
+    (``hw3_report``: title, course, by-line, date; the renderers add the contents)."""
     import nbformat
 
-    parts = [part_title(nb) for nb in executed]
-    today = dt.date.today().isoformat()
-    # The HTML gets the title and contents as Markdown; the PDF has its own (maketitle, a LaTeX
-    # table of contents) and drops the Markdown cell by its tag.
-    title = nbformat.v4.new_markdown_cell(f"# {TITLE}\n\nExecuted {today}, profile `{profile}`.\n\n**Contents**\n\n"
-                                          + "\n".join(f"{i}. {p}" for i, p in enumerate(parts, 1)) + "\n\n---")
-    title.metadata["tags"] = [HTML_ONLY]
-    cells = [title, _raw("\\clearpage\\tableofcontents\\clearpage", "application/pdf")]
+    cells = []
     for nb in executed:
         cells += copy.deepcopy(nb.cells)
     combined = nbformat.v4.new_notebook(cells=cells, metadata=copy.deepcopy(executed[0].metadata))
     combined.metadata["title"] = TITLE
-    combined.metadata["authors"] = [{"name": f"profile {profile}, executed {today}"}]
+    combined.metadata["hw3_report"] = report_meta(profile)
     return combined
 
 
-def build(profile: str = "quick", overrides: dict | None = None, show_code: bool = False) -> list[Path]:
-    """Execute and render everything; return the paths written."""
+PLOTTING_CALL = re.compile(r"^(?!\s*(?:from|import)\b).*?\b(plot_\w+|plt\.(?:plot|subplots|figure|imshow|show)|"
+                           r"sns\.\w+plot)\s*\(", re.MULTILINE)
+
+
+def figure_problem(nb, name: str) -> str | None:
+    """One line when ``nb`` calls plotting functions but holds no figure (image/png output), else None.
+
+    That happens when the kernel draws with a non-inline backend (e.g. MPLBACKEND=Agg inherited from
+    the environment): the figures are made and never displayed.
+    """
+    calls = sorted({m.group(1) for c in nb.cells if c.cell_type == "code" for m in PLOTTING_CALL.finditer(c.source)})
+    images = sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    if calls and not images:
+        return (f"{name} calls {', '.join(calls[:3])}{', ...' if len(calls) > 3 else ''} but its executed notebook "
+                f"holds no figure: the kernel did not use the inline matplotlib backend (MPLBACKEND="
+                f"{os.environ.get('MPLBACKEND', '')!r} outside the build?)")
+    return None
+
+
+def build(profile: str = "quick", overrides: dict | None = None, show_code: bool = False,
+          engine: str | None = None) -> list[Path]:
+    """Execute and render everything (PDF ``engine``: typst, the default, or xelatex); return the paths written."""
     import nbformat
     import papermill
 
     paths = notebook_paths()
     if not paths:
         raise ReportError(f"no notebooks found in {NOTEBOOKS}")
+    BUILD_STAMP.unlink(missing_ok=True)  # `--check` fails from now until this build has succeeded
     parameters = resolve_parameters(profile, overrides or {}, paths)
-    check_tools()
-    find_mnist_dir()  # MNIST present and intact (or downloadable) before hours of work, not after
+    engine = pdf_engine(engine)
+    check_tools(engine)
+    files = find_mnist_dir()  # MNIST present and intact (or downloadable) before hours of work, not after
+    # The kernels run in notebooks/ and inherit this environment: give them the absolute folder (a
+    # relative $HWUTILS_DATA_DIR, or ./data, would otherwise point elsewhere there).
+    os.environ[DATA_ENV_VAR] = str(mnist_folder(files))
     executed_dir = REPORT / "executed"
     executed_dir.mkdir(parents=True, exist_ok=True)
     written, executed = [], []
-    for path in paths:
-        out = executed_dir / path.name
-        print(f">> executing {path.name} with {parameters[path]}", flush=True)
-        try:
-            papermill.execute_notebook(str(path), str(out), parameters=parameters[path], kernel_name=KERNEL,
-                                       cwd=str(NOTEBOOKS), progress_bar=True, log_output=False)
-        except papermill.PapermillExecutionError as err:
-            raise ReportError(f"{path.name} failed in cell {err.exec_count}: {err.ename}: {err.evalue} "
-                              f"(the partially executed notebook is {out})") from None
-        executed.append(nbformat.read(out, as_version=4))
-        written.append(out)
+    with tempfile.TemporaryDirectory(prefix="hw3-progress-") as progress_dir:
+        for path in paths:
+            out = executed_dir / path.name
+            print(f">> executing {path.name} with {parameters[path]}", flush=True)
+            log = Path(progress_dir) / f"{path.stem}.log"
+            try:
+                # The kernel's training bars append status lines to `log`; follow() prints them here.
+                with _kernel_environment(log), follow(log, prefix=f"   [{path.stem}] "):
+                    papermill.execute_notebook(str(path), str(out), parameters=parameters[path], kernel_name=KERNEL,
+                                               cwd=str(NOTEBOOKS), progress_bar=True, log_output=False,
+                                               **_kernel_options())
+            except papermill.PapermillExecutionError as err:
+                raise ReportError(f"{path.name} failed in cell {err.exec_count}: {err.ename}: {err.evalue} "
+                                  f"(the partially executed notebook is {out})") from None
+            nb = nbformat.read(out, as_version=4)
+            problem = figure_problem(nb, path.name)
+            if problem:
+                raise ReportError(problem)
+            executed.append(nb)
+            written.append(out)
     for path, nb in zip(paths, executed):
         print(f">> rendering {path.stem}", flush=True)
         html, pdf = REPORT / "html" / f"{path.stem}.html", REPORT / "pdf" / f"{path.stem}.pdf"
         titled = copy.deepcopy(nb)
         titled.metadata["title"] = f"{TITLE} — {part_title(nb)}"
-        render(titled, html, pdf, show_code)
+        titled.metadata["hw3_report"] = report_meta(profile, part=part_title(nb))
+        render(titled, html, pdf, show_code, engine)
         written += [html, pdf]
     print(">> rendering the combined report", flush=True)
     html, pdf = REPORT / "hw3_report.html", REPORT / "hw3_report.pdf"
-    render(combine(executed, profile), html, pdf, show_code)
+    render(combine(executed, profile), html, pdf, show_code, engine)
     return written + [html, pdf]
 
 
+@contextlib.contextmanager
+def _kernel_environment(progress_log: Path):
+    """The environment the kernels inherit while they run: the inline matplotlib backend (an
+    exported MPLBACKEND=Agg would otherwise leave the report without figures) and the progress log."""
+    saved = {k: os.environ.get(k) for k in ("MPLBACKEND", LOG_ENV)}
+    os.environ.update({"MPLBACKEND": INLINE_BACKEND, LOG_ENV: str(progress_log)})
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _kernel_options() -> dict:
+    """papermill options for the kernel: CurveZMQ transport encryption where pyzmq has it, which
+    also keeps ipykernel's "running over TCP without encryption" warning off the terminal."""
+    try:
+        import zmq
+        from jupyter_client.manager import KernelManager
+        from traitlets.config import Config
+    except ImportError:
+        return {}
+    if "transport_encryption" not in KernelManager.class_trait_names() or not zmq.has("curve"):
+        return {}
+    return {"config": Config({"KernelManager": {"transport_encryption": "auto"}})}
+
+
 def check_outputs() -> list[str]:
-    """Problems with the rendered report (empty list: all there and non-trivial)."""
+    """Problems with the rendered report (empty list: all there, non-trivial, and from the last build,
+    which succeeded)."""
     problems = []
+    started = None
+    try:
+        started = float(json.loads(BUILD_STAMP.read_text())["started"])
+    except FileNotFoundError:
+        problems.append(f"no successful build is recorded ({BUILD_STAMP} is missing): the last build failed or "
+                        f"did not finish, so the outputs may be stale; run make report")
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        problems.append(f"{BUILD_STAMP} is unreadable ({type(err).__name__}); run make report")
     stems = [p.stem for p in notebook_paths()]
     expected = [REPORT / "html" / f"{s}.html" for s in stems] + [REPORT / "pdf" / f"{s}.pdf" for s in stems]
     expected += [REPORT / "hw3_report.html", REPORT / "hw3_report.pdf"]
     for path in expected:
         if not path.exists():
             problems.append(f"{path} is missing")
-        elif path.suffix == ".pdf":
+            continue
+        if started is not None and path.stat().st_mtime < started - 2:
+            problems.append(f"{path} is older than the last successful build (stale); run make report")
+        if path.suffix == ".pdf":
             from pypdf import PdfReader
 
-            pages = PdfReader(path).pages
-            chars = sum(len("".join(page.extract_text().split())) for page in pages)
+            try:
+                pages = PdfReader(path).pages
+                chars = sum(len("".join(page.extract_text().split())) for page in pages)
+            except Exception as err:  # pypdf's errors for a truncated or non-PDF file
+                problems.append(f"{path}: not a readable PDF ({type(err).__name__})")
+                continue
             if len(pages) < 2 or chars < 2000:
                 problems.append(f"{path}: {len(pages)} pages, {chars} characters of text - not a real report")
         else:
@@ -201,6 +402,43 @@ def check_outputs() -> list[str]:
             if figures < 2 or "Traceback" in text:
                 problems.append(f"{path}: {figures} embedded figures" + (", holds a traceback" if "Traceback" in text else ""))
     return problems
+
+
+def _yaml_error(err, source: str) -> ReportError:
+    """One line for a YAML syntax error: the problem and where it is."""
+    mark = getattr(err, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(err, "problem", None) or " ".join(str(err).split())
+    return ReportError(f"{source} is not valid YAML: {problem}{where}; write one `name: value` per line "
+                       f"(e.g. `downsample: 7`, `seeds: [0, 1, 2]`)")
+
+
+def read_overrides(params_file: str | None = None, pairs=()) -> dict:
+    """The parameter overrides of a YAML ``params_file`` and of ``-p NAME VALUE`` pairs (values as YAML)."""
+    import yaml
+
+    overrides = {}
+    if params_file:
+        try:
+            text = Path(params_file).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ReportError(f"params file {params_file} not found (PARAMS_FILE / --params-file)") from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise ReportError(f"params file {params_file} cannot be read: {getattr(err, 'strerror', None) or err}") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise _yaml_error(err, f"params file {params_file}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ReportError(f"params file {params_file} must be a mapping of parameter: value (one `name: value` "
+                              f"per line, e.g. `downsample: 7`), not a {type(loaded).__name__}")
+        overrides.update({str(k): v for k, v in (loaded or {}).items()})
+    for name, value in pairs:
+        try:
+            overrides[name] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            raise _yaml_error(err, f"-p {name} {value!r}") from None
+    return overrides
 
 
 def main(argv=None) -> int:
@@ -219,16 +457,16 @@ def main(argv=None) -> int:
                 print(f"report check: {problem}", file=sys.stderr)
             print("report check: OK" if not problems else f"report check: {len(problems)} problem(s)")
             return 1 if problems else 0
-        overrides = {}
-        import yaml
-
-        if args.params_file:
-            overrides.update(yaml.safe_load(Path(args.params_file).read_text()) or {})
-        overrides.update({name: yaml.safe_load(value) for name, value in args.param})
+        BUILD_STAMP.unlink(missing_ok=True)  # a build that fails, however early, leaves `--check` failing
+        overrides = read_overrides(args.params_file, args.param)
         if "profile" in overrides:
             args.profile = overrides.pop("profile")
+        started = time.time()
         written = build(args.profile, overrides, args.show_code)
-    except (ReportError, DataError, ValueError, FileNotFoundError) as err:
+        BUILD_STAMP.parent.mkdir(parents=True, exist_ok=True)
+        BUILD_STAMP.write_text(json.dumps({"started": started, "finished": time.time(), "profile": args.profile,
+                                           "overrides": overrides}, default=str))
+    except (ReportError, DataError, CacheError, ValueError, FileNotFoundError) as err:
         print(f"make report: {err}", file=sys.stderr)
         return 2
     print(f">> report written: {REPORT / 'hw3_report.html'} and {REPORT / 'hw3_report.pdf'} ({len(written)} files)")

@@ -104,6 +104,9 @@ class History:
     * ``val_loss``, ``val_error``: on the validation split, model in evaluation mode.
     * ``small_weights``: fraction of weights with ``|w| < 1e-3`` at the end of each epoch
       (how sparse the network is; see L1).
+    * ``max_unit_norm``, ``at_cap``: the largest norm of a hidden unit's incoming weight vector, and
+      the fraction of hidden units at the max-norm radius (norm ≥ 0.99 c; 0 without max-norm), at
+      the end of each epoch: whether the constraint binds.
     * ``epoch_seconds``: wall time of each epoch (training and validation); for K runs trained
       together, the epoch's time divided by K.
     * ``best_epoch``: the epoch with the best ``monitor`` value; with early stopping, the weights
@@ -117,6 +120,8 @@ class History:
     val_error: list[float] = field(default_factory=list)
     lr: list[float] = field(default_factory=list)
     small_weights: list[float] = field(default_factory=list)
+    max_unit_norm: list[float] = field(default_factory=list)
+    at_cap: list[float] = field(default_factory=list)
     epoch_seconds: list[float] = field(default_factory=list)
     best_epoch: int = 0
     stopped_early: bool = False
@@ -151,7 +156,8 @@ class History:
         """Per-epoch table (pandas DataFrame indexed by epoch)."""
         import pandas as pd
 
-        cols = ["train_loss", "penalty", "val_loss", "val_error", "lr", "small_weights", "epoch_seconds"]
+        cols = ["train_loss", "penalty", "val_loss", "val_error", "lr", "small_weights", "max_unit_norm", "at_cap",
+                "epoch_seconds"]
         frame = pd.DataFrame({c: getattr(self, c) for c in cols})
         frame.index = pd.RangeIndex(1, len(frame) + 1, name="epoch")
         return frame
@@ -306,6 +312,7 @@ def fit_members(models, train: Split, val: Split, configs, *, names=None, progre
     epochs, bs, n = configs[0].epochs, configs[0].batch_size, len(train)
     steps = math.ceil(n / bs)
     base_lr = torch.tensor([c.lr for c in configs])
+    cap = torch.tensor([math.inf if c.max_norm is None else c.max_norm for c in configs], device=device)
     step = lambda idx, lr: train_step(net, train, idx, lr, regularizers, optimizer)
     if cuda_graph is None:
         cuda_graph = device.type == "cuda" and optimizer.kind == "sgd"
@@ -331,13 +338,16 @@ def fit_members(models, train: Split, val: Split, configs, *, names=None, progre
         val_loss, val_error = evaluate_members(net, val)
         penalty = sum(r.value(net.weights) for r in regularizers) + torch.zeros(k, device=device)
         small = sum((w.abs() < 1e-3).sum((1, 2)) for w in net.weights) / sum(w[0].numel() for w in net.weights)
-        per_member = torch.cat([losses.T, val_loss[:, None], val_error[:, None], penalty[:, None], small[:, None]], 1)
+        norms = torch.cat([w.norm(dim=2) for w in net.weights[:-1]], 1)             # [K, hidden units]
+        at_cap = (norms >= 0.99 * cap[:, None]).float().mean(1)
+        per_member = torch.cat([losses.T, torch.stack([val_loss, val_error, penalty, small, norms.max(1).values,
+                                                       at_cap], 1)], 1)
         rows = per_member.tolist()                                           # the epoch's one host sync
         seconds = (time.perf_counter() - start) / k
         for m, row in enumerate(rows):
             if not active[m]:
                 continue
-            *iter_loss, v_loss, v_error, pen, small_m = row
+            *iter_loss, v_loss, v_error, pen, small_m, max_norm_m, at_cap_m = row
             h = histories[m]
             if not all(map(math.isfinite, iter_loss)):
                 if on_nan == "raise":
@@ -347,7 +357,8 @@ def fit_members(models, train: Split, val: Split, configs, *, names=None, progre
                 continue
             h.iter_loss += iter_loss
             h.record(train_loss=sum(iter_loss) / steps, penalty=pen, val_loss=v_loss, val_error=v_error,
-                     lr=float(lrs[-1, m]), small_weights=small_m, epoch_seconds=seconds)
+                     lr=float(lrs[-1, m]), small_weights=small_m, max_unit_norm=max_norm_m, at_cap=at_cap_m,
+                     epoch_seconds=seconds)
             active[m] = _track_best(h, best, m, net, configs[m], epoch)
         if progress:
             bar.set_postfix_str(f"val error {min(h.val_error[-1] for h in histories if h.val_error):.2%}"

@@ -1,4 +1,5 @@
 import gzip
+import os
 import hashlib
 import shutil
 
@@ -145,3 +146,89 @@ def test_split_point_cloud_defaults_give_a_small_train_and_large_evaluation_spli
     d = split_point_cloud()
     assert len(d.train) < len(d.val) < len(d.test)
     assert d.n_features == 2 and d.n_classes == 2
+
+
+# --------------------------------------------------------------------------- where the data is, and when it is not
+def official(monkeypatch, folder):
+    """Make the fake files in ``folder`` pass the MD5 check (as if they were the official ones)."""
+    sums = {name: (data_mod._md5(folder / f"{name}.gz"),) * 2 for name in MNIST_FILES}
+    monkeypatch.setattr(data_mod, "MNIST_FILES", sums)
+
+
+def no_download(monkeypatch):
+    import torchvision.datasets
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", lambda *a, **k: pytest.fail("a download was attempted"))
+
+
+def test_a_relative_data_dir_is_resolved_once_and_exported_absolute(tmp_path, monkeypatch):
+    fake_mnist_folder(tmp_path / "data")
+    official(monkeypatch, tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HWUTILS_DATA_DIR", "data")
+    files = find_mnist_dir(download=False)
+    assert all(p.is_absolute() and p.parent == tmp_path / "data" for p in files.values())
+    assert data_mod.export_mnist_dir(download=False) == tmp_path / "data"
+    monkeypatch.chdir(tmp_path.parent)  # as the notebooks do: another working directory
+    assert os.environ["HWUTILS_DATA_DIR"] == str(tmp_path / "data") and find_mnist_dir(download=False) == files
+
+
+def test_a_mistyped_data_dir_is_named_and_no_folder_is_created(tmp_path, monkeypatch):
+    no_download(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HWUTILS_DATA_DIR", "dtaa")
+    with pytest.raises(DataError) as err:
+        find_mnist_dir(download=True)
+    message = str(err.value)
+    assert "\n" not in message and "HWUTILS_DATA_DIR=dtaa" in message and str(tmp_path / "dtaa") in message
+    assert "mkdir -p" in message and list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_download_leaves_no_folders_behind(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    def offline(root, **kwargs):
+        (tmp_path / "mnist" / "MNIST" / "raw").mkdir(parents=True)  # what torchvision does first
+        raise OSError("network is unreachable")
+
+    (tmp_path / "mnist").mkdir()
+    monkeypatch.setattr(torchvision.datasets, "MNIST", offline)
+    monkeypatch.setenv("HWUTILS_DATA_DIR", str(tmp_path / "mnist"))
+    with pytest.raises(DataError, match="download failed: OSError"):
+        find_mnist_dir(download=True)
+    assert list((tmp_path / "mnist").iterdir()) == []
+
+
+def test_not_found_says_which_of_the_four_files_are_missing_where(tmp_path, monkeypatch):
+    folder = fake_mnist_folder(tmp_path / "mnist")
+    (folder / "t10k-images-idx3-ubyte.gz").unlink()
+    (folder / "t10k-labels-idx1-ubyte.gz").unlink()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HWUTILS_DATA_DIR", str(folder))
+    with pytest.raises(DataError) as err:
+        find_mnist_dir(download=False)
+    message = str(err.value)
+    assert f"{folder}: missing t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz;" in message
+    assert f"{tmp_path / 'data'}: no such folder" in message and "\n" not in message
+
+
+def test_an_unreadable_mnist_file_is_one_line_naming_the_file(tmp_path, monkeypatch):
+    import builtins
+
+    folder = fake_mnist_folder(tmp_path)
+    official(monkeypatch, folder)
+    victim = folder / "train-labels-idx1-ubyte.gz"
+    victim.chmod(0)
+    real_open = builtins.open
+
+    def guarded(file, *args, **kwargs):  # chmod 0 does not stop root: refuse as the kernel would for a user
+        if str(file) == str(victim):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", guarded)
+    with pytest.raises(DataError) as err:
+        find_mnist_dir(folder, download=False)
+    assert str(err.value).startswith(f"cannot read {victim} (Permission denied)") and "chmod a+r" in str(err.value)
+    with pytest.raises(DataError, match="cannot read .*train-labels"):
+        read_idx(victim)

@@ -42,9 +42,25 @@ def test_environment_yml_lists_the_same_pins_as_pyproject():
     assert conda_pins() == pyproject_pins()
 
 
-def test_conda_python_matches_the_supported_version():
+SUPPORTED_PYTHONS = ("3.11", "3.12", "3.13", "3.14")  # torch 2.14.1 has wheels for these
+
+
+def test_pip_and_conda_accept_the_supported_pythons_and_nothing_older():
+    from packaging.specifiers import SpecifierSet
+
+    requires = SpecifierSet(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"])
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
-    assert "python=3.11" in env["dependencies"]
+    conda = [d for d in env["dependencies"] if isinstance(d, str) and re.match(r"python\b", d)]
+    assert len(conda) == 1, "environment.yml must list python once"
+    conda_spec = SpecifierSet(conda[0][len("python"):].replace(" ", ""))
+    for version in SUPPORTED_PYTHONS:
+        assert version in requires and version in conda_spec, version
+    assert "3.10" not in requires and "3.10" not in conda_spec
+
+
+def test_the_pdf_toolchain_is_pinned_as_a_tested_pair():
+    pins = pyproject_pins()
+    assert pins["pypandoc-binary"].startswith("==") and pins["typst"].startswith("==")
 
 
 def test_package_exposes_a_version_and_its_public_api():

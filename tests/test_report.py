@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from hwutils import report
@@ -20,10 +22,25 @@ def test_overrides_go_only_to_the_notebooks_that_declare_them():
     assert by_name["01"] == {"profile": "smoke"}
 
 
-def test_missing_latex_tools_are_named_with_the_packages_to_install(monkeypatch):
+def test_the_default_pdf_engine_needs_no_system_tool(monkeypatch):
+    monkeypatch.delenv(report.PDF_ENGINE_ENV, raising=False)
+    monkeypatch.setattr(report.shutil, "which", lambda tool: None)  # no xelatex, no pandoc on PATH
+    assert report.pdf_engine() == "typst"
+    report.check_tools()
+
+
+def test_missing_xelatex_is_named_with_the_packages_to_install_when_chosen(monkeypatch):
     monkeypatch.setattr(report.shutil, "which", lambda tool: None if tool == "xelatex" else "/usr/bin/" + tool)
     with pytest.raises(report.ReportError, match="xelatex not found.*texlive-xetex"):
+        report.check_tools("xelatex")
+    monkeypatch.setenv(report.PDF_ENGINE_ENV, "xelatex")
+    with pytest.raises(report.ReportError, match="xelatex not found"):
         report.check_tools()
+
+
+def test_an_unknown_pdf_engine_is_rejected():
+    with pytest.raises(report.ReportError, match="unknown PDF engine 'lualatex'.*typst or xelatex"):
+        report.pdf_engine("lualatex")
 
 
 def test_main_reports_a_bad_profile_in_one_line_and_exits_2(capsys):
@@ -33,7 +50,7 @@ def test_main_reports_a_bad_profile_in_one_line_and_exits_2(capsys):
 
 
 def test_missing_mnist_stops_the_build_before_any_notebook_runs(monkeypatch, capsys):
-    monkeypatch.setattr(report, "check_tools", lambda: None)
+    monkeypatch.setattr(report, "check_tools", lambda *args: None)
 
     def missing(*args, **kwargs):
         raise report.DataError("MNIST not found; set HWUTILS_DATA_DIR=/path/to/that/folder")
@@ -44,12 +61,150 @@ def test_missing_mnist_stops_the_build_before_any_notebook_runs(monkeypatch, cap
     assert "HWUTILS_DATA_DIR" in capsys.readouterr().err
 
 
-def test_combined_report_has_title_contents_and_the_parts_in_order():
+def test_combined_report_has_the_parts_in_order_and_the_title_page_metadata():
     import nbformat
 
     parts = [nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(f"# Part {i}\n\ntext")]) for i in (1, 2, 3)]
     combined = report.combine(parts, "smoke")
-    title, toc, *rest = combined.cells
-    assert report.HTML_ONLY in title.metadata["tags"] and "1. Part 1" in title.source and "3. Part 3" in title.source
-    assert toc.cell_type == "raw" and "tableofcontents" in toc.source and toc.metadata["raw_mimetype"] == "application/pdf"
-    assert [c.source.splitlines()[0] for c in rest] == ["# Part 1", "# Part 2", "# Part 3"]
+    assert [c.source.splitlines()[0] for c in combined.cells] == ["# Part 1", "# Part 2", "# Part 3"]
+    meta = combined.metadata["hw3_report"]
+    assert meta["titlepage"] and meta["title"] == meta["doc_title"] == report.TITLE
+    assert meta["subtitle"].startswith("Course:") and "smoke" in meta["byline"][0] and meta["date"]
+    one = report.report_meta("smoke", part="Part 3 — MNIST")
+    assert not one["titlepage"] and one["doc_title"].endswith("Part 3 — MNIST")
+
+
+# --------------------------------------------------------------------------- bad input, checked up front
+import json  # noqa: E402
+import os  # noqa: E402
+import time  # noqa: E402
+
+from hwutils.data import MNIST_FILES  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def scratch_build_stamp(tmp_path, monkeypatch):
+    """main() removes/writes the build stamp: keep the checkout's report/ out of the tests."""
+    monkeypatch.setattr(report, "BUILD_STAMP", tmp_path / "report" / ".build-ok.json")
+
+
+@pytest.fixture
+def no_notebook_may_run(monkeypatch):
+    monkeypatch.setattr("papermill.execute_notebook", lambda *a, **k: pytest.fail("a notebook ran"))
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("make report: ") and "\n" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("name, value, allowed", [
+    ("downsample", "5", "one of None, 7, 14, 28"),
+    ("hidden", "[]", "non-empty list of integers >= 1"),
+    ("hidden", "[0]", "non-empty list of integers >= 1"),
+    ("seeds", "[]", "non-empty list of distinct integers"),
+    ("seeds", "3", "non-empty list of distinct integers"),
+    ("epochs", "abc", "an integer >= 1"),
+    ("epochs", "2.5", "an integer >= 1"),
+    ("epochs", "-3", "an integer >= 1"),
+])
+def test_a_bad_parameter_value_stops_the_build_in_one_line_before_any_notebook(
+        capsys, no_notebook_may_run, name, value, allowed):
+    started = time.monotonic()
+    assert report.main(["--profile", "smoke", "-p", name, value]) == 2
+    err = one_line_error(capsys)
+    assert f"parameter {name}" in err and allowed in err
+    assert time.monotonic() - started < 30
+
+
+def test_numbers_written_1e_3_in_the_params_file_reach_the_notebook_as_floats(tmp_path):
+    params_file = tmp_path / "p.yaml"
+    params_file.write_text("lr: 1e-3\nl2_grid: [1e-4, 1e-3]\nhidden: [8]\n")
+    overrides = report.read_overrides(str(params_file))
+    assert overrides["lr"] == "1e-3"  # what PyYAML makes of it
+    params = {p.name[:2]: v for p, v in report.resolve_parameters("smoke", overrides, report.notebook_paths()).items()}
+    assert params["02"]["lr"] == 0.001 and params["02"]["l2_grid"] == [1e-4, 1e-3]
+    assert params["02"]["hidden"] == params["03"]["hidden"] == [8]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("downsample: [7\nseeds: 1\n", r"params file .*p\.yaml is not valid YAML: .* at line \d+, column \d+"),
+    ("- downsample: 7\n", r"params file .*p\.yaml must be a mapping of parameter: value .*not a list"),
+    ("7\n", r"must be a mapping of parameter: value .*not a int"),
+])
+def test_a_malformed_or_non_mapping_params_file_is_one_line(tmp_path, capsys, no_notebook_may_run, text, expected):
+    params_file = tmp_path / "p.yaml"
+    params_file.write_text(text)
+    assert report.main(["--profile", "smoke", "--params-file", str(params_file)]) == 2
+    assert re.search(expected, one_line_error(capsys))
+
+
+def test_a_missing_params_file_is_named(tmp_path, capsys):
+    assert report.main(["--params-file", str(tmp_path / "nope.yaml")]) == 2
+    assert f"params file {tmp_path / 'nope.yaml'} not found" in one_line_error(capsys)
+
+
+def test_an_unwritable_results_dir_is_named_before_any_notebook(tmp_path, capsys, no_notebook_may_run):
+    (tmp_path / "a-file").write_text("not a folder")
+    assert report.main(["--profile", "smoke", "-p", "results_dir", str(tmp_path / "a-file" / "results")]) == 2
+    err = one_line_error(capsys)
+    assert f"results_dir {tmp_path / 'a-file' / 'results'}" in err and "writable folder" in err
+
+
+def test_a_relative_results_dir_is_taken_from_the_current_directory_not_notebooks(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    params = report.resolve_parameters("smoke", {"results_dir": "my-results"}, report.notebook_paths())
+    assert {v.get("results_dir") for p, v in params.items() if p.name[:2] != "01"} == {str(tmp_path / "my-results")}
+
+
+def test_the_kernels_get_the_absolute_data_folder_when_it_was_given_relative(tmp_path, monkeypatch, capsys):
+    """HWUTILS_DATA_DIR=data (relative) from the checkout: the notebooks, run in notebooks/, must see it absolute."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    files = {name: folder / f"{name}.gz" for name in MNIST_FILES}
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HWUTILS_DATA_DIR", "data")
+    monkeypatch.setattr(report, "check_tools", lambda *a, **k: None)
+    monkeypatch.setattr(report, "find_mnist_dir", lambda *a, **k: {n: p.relative_to(tmp_path) for n, p in files.items()})
+    seen = {}
+
+    def execute(*args, **kwargs):
+        seen["data"] = os.environ["HWUTILS_DATA_DIR"]
+        raise RuntimeError("stop after the first notebook starts")
+
+    monkeypatch.setattr("papermill.execute_notebook", execute)
+    with pytest.raises(RuntimeError, match="stop after"):
+        report.build("smoke")
+    assert seen["data"] == str(folder)
+
+
+def fake_outputs():
+    stems = [p.stem for p in report.notebook_paths()]
+    html = "<img src='data:image/png;base64,AA'>" * 2
+    for path in ([report.REPORT / "html" / f"{s}.html" for s in stems] + [report.REPORT / "hw3_report.html"]):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(html)
+
+
+def test_check_fails_after_a_failed_build_even_though_old_outputs_are_there(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(report, "REPORT", tmp_path / "report")
+    fake_outputs()
+    report.BUILD_STAMP.write_text(json.dumps({"started": time.time() - 60}))
+    assert not any("successful build" in p for p in report.check_outputs())
+    assert report.main(["--profile", "smoke", "-p", "epochs", "-3"]) == 2  # a failed build
+    assert report.main(["--check"]) == 1
+    assert "no successful build is recorded" in capsys.readouterr().err
+
+
+def test_check_names_outputs_older_than_the_last_successful_build(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "REPORT", tmp_path / "report")
+    fake_outputs()
+    report.BUILD_STAMP.write_text(json.dumps({"started": time.time() + 60}))
+    assert any("hw3_report.html is older than the last successful build" in p for p in report.check_outputs())
+
+
+def test_a_successful_build_records_itself_for_check(monkeypatch):
+    monkeypatch.setattr(report, "build", lambda *a, **k: [])
+    assert report.main(["--profile", "smoke"]) == 0
+    assert json.loads(report.BUILD_STAMP.read_text())["profile"] == "smoke"

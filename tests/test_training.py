@@ -128,4 +128,4 @@ def test_history_round_trips_through_a_dict(moons):
     torch.manual_seed(0)
     history = fit(MLP(2, (8,), 2), moons.train, moons.val, TrainConfig(epochs=2), progress=False)
     again = History.from_dict(history.to_dict())
-    assert again == history and again.to_frame().shape == (2, 7)
+    assert again == history and again.to_frame().shape == (2, 9)
