@@ -78,7 +78,10 @@ lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/
 
 strip: $(STAMP)
-	$(BIN)/jupyter nbconvert --clear-output --inplace --ClearMetadataPreprocessor.enabled=True notebooks/*.ipynb
+	$(BIN)/jupyter nbconvert --clear-output --inplace --ClearMetadataPreprocessor.enabled=True \
+		--ClearMetadataPreprocessor.preserve_cell_metadata_mask='[("tags")]' \
+		--ClearMetadataPreprocessor.preserve_nb_metadata_mask='[("language_info", "name"), ("kernelspec")]' \
+		notebooks/*.ipynb
 
 clean:
 	rm -rf report/executed report/html report/pdf report/hw3_report.* results benchmarks/results

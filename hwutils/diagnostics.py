@@ -6,7 +6,8 @@ from torch import nn
 
 from .regularizers import weights
 
-__all__ = ["flat_weights", "near_zero_fraction", "unit_norms", "hidden_activity"]
+__all__ = ["flat_weights", "near_zero_fraction", "unit_norms", "hidden_activity", "mean_activation",
+           "regularizer_activity", "dead_fraction", "failure_signs"]
 
 
 @torch.no_grad()
@@ -43,3 +44,69 @@ def hidden_activity(model: nn.Module, X: torch.Tensor, batch_size: int = 4096) -
         total_active = total_active + (h > 0).float().sum(0)
     model.train(was_training)
     return {"mean_activation": (total_mean / len(X)).cpu(), "active_fraction": (total_active / len(X)).cpu()}
+
+
+def mean_activation(model: nn.Module, X: torch.Tensor) -> float:
+    """Mean ReLU activation over all hidden units and the inputs ``X`` (evaluation mode)."""
+    return float(hidden_activity(model, X)["mean_activation"].mean())
+
+
+def regularizer_activity(results, X_val: torch.Tensor, reference: str = "L2") -> "pd.DataFrame":
+    """Is each method's regularizer doing anything? One row per method (first seed), read off the run.
+
+    * max-norm: hidden units at the cap (‖w‖ ≥ 0.99 c) at the end and at the peak of training;
+      active when the peak is at least 1 %.
+    * L1: weights below 10⁻³ against the ``reference`` run (same seed, no L1); active when L1 adds
+      at least one percentage point.
+    * KL sparsity: mean hidden activation on ``X_val`` against the reference run and the target ρ;
+      active when it is at most 0.8 of the reference's.
+    * dropout: active by construction (the masks are drawn at every step).
+    """
+    import pandas as pd
+
+    first = {}
+    for r in results:
+        first.setdefault(r.method, r)
+    ref = first.get(reference)
+    rows = []
+    for name, r in first.items():
+        train, model = r.config["train"], r.config["model"]
+        h = r.history
+        if train.get("max_norm"):
+            end, peak = 100 * h.at_cap[-1], 100 * max(h.at_cap)
+            rows.append({"method": name, "regularizer": f"max-norm, c = {train['max_norm']:g}",
+                         "measure": "hidden units at the cap (%), end / peak",
+                         "value": f"{end:.1f} / {peak:.1f}", "reference": f"largest norm {h.max_unit_norm[-1]:.2f}",
+                         "active": peak >= 1.0})
+        if train.get("l1") and ref is not None:
+            mine, theirs = 100 * h.small_weights[-1], 100 * ref.history.small_weights[-1]
+            rows.append({"method": name, "regularizer": f"L1, λ₁ = {train['l1']:g}",
+                         "measure": "weights below 10⁻³ (%)", "value": f"{mine:.1f}",
+                         "reference": f"{reference}: {theirs:.1f}", "active": mine - theirs >= 1.0})
+        if train.get("kl") and ref is not None:
+            mine, theirs = mean_activation(r.model, X_val), mean_activation(ref.model, X_val)
+            rows.append({"method": name, "regularizer": f"KL, β = {train['kl']:g}, ρ = {train['kl_rho']:g}",
+                         "measure": "mean hidden activation", "value": f"{mine:.3f}",
+                         "reference": f"{reference}: {theirs:.3f}", "active": mine <= 0.8 * theirs})
+        if model.get("dropout_hidden"):
+            rows.append({"method": name, "regularizer": "dropout",
+                         "measure": "units dropped (input / hidden)",
+                         "value": f"{model['dropout_input']:.0%} / {model['dropout_hidden']:.0%}",
+                         "reference": "", "active": True})
+    return pd.DataFrame(rows)
+
+
+def dead_fraction(model: nn.Module, X: torch.Tensor) -> float:
+    """Fraction of hidden units that are never active (ReLU output 0) on any input of ``X``: dead
+    units get no gradient, so they stay dead."""
+    return float((hidden_activity(model, X)["active_fraction"] == 0).float().mean())
+
+
+@torch.no_grad()
+def failure_signs(model: nn.Module, X: torch.Tensor) -> dict:
+    """What a run that fails at a high learning rate looks like: dead hidden units (%), the most
+    negative hidden bias, and the largest row norm of the (unconstrained) output layer."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return {"dead_pct": 100 * dead_fraction(model, X),
+            "min_hidden_bias": float(torch.cat([layer.bias for layer in linears[:-1]]).min()),
+            "max_output_row_norm": float(linears[-1].weight.norm(dim=1).max())}

@@ -11,18 +11,21 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 import torch
 
 from .cache import load_run, run_stem, save_run
 from .data import Splits
+from .diagnostics import dead_fraction
 from .models import ModelConfig, build_model
 from .progress import progress_bar
 from .training import History, TrainConfig, evaluate, fit_members
 
 __all__ = [
     "Method", "RunResult", "run", "run_sweep", "results_frame", "summarize", "search", "choices_at_edge",
+    "run_facts", "compare_to_noise", "ranking_text",
     "methods_frame",
     "format_summary", "COLUMN_LABELS",
 ]
@@ -85,7 +88,7 @@ MAX_TOGETHER = 24
 def run_sweep(methods, data: Splits, *, seeds=(0,), data_spec: dict | None = None,
               results_dir: str | os.PathLike | None = "results", force: bool = False,
               progress: bool = True, together: bool | None = None, on_nan: str = "raise",
-              desc: str = "runs") -> list[RunResult]:
+              evaluate_test: bool = True, desc: str = "runs") -> list[RunResult]:
     """Train every method with every seed (initial weights, shuffling, dropout) and evaluate it.
 
     ``data_spec`` describes the data (e.g. ``{"name": "mnist", "downsample": None}``) and is part
@@ -97,6 +100,7 @@ def run_sweep(methods, data: Splits, *, seeds=(0,), data_spec: dict | None = Non
     on what it was trained with. The validation error is that of the returned weights (the best
     epoch's when early stopping restores them); the test error is measured once, at the end.
     ``on_nan``: "raise" stops at a diverged run, naming it; "stop" keeps it, marked diverged.
+    ``evaluate_test=False`` leaves the test split untouched (test error NaN), as a search should.
     """
     spec = dict(data_spec or {})
     jobs = [(m, s) for m in methods for s in seeds]
@@ -108,7 +112,7 @@ def run_sweep(methods, data: Splits, *, seeds=(0,), data_spec: dict | None = Non
         if cached is None:
             todo.append(i)
         else:
-            results[i] = _cached_result(method, seed, spec, data, *cached)
+            results[i] = _cached_result(method, seed, data, *cached, evaluate_test)
     if together is None:
         together = data.train.X.device.type == "cuda"
     groups = _groups([jobs[i] for i in todo], todo, together)
@@ -121,7 +125,7 @@ def run_sweep(methods, data: Splits, *, seeds=(0,), data_spec: dict | None = Non
         histories = fit_members(models, data.train, data.val, configs, names=names, progress=progress,
                                 desc=names[0] if len(names) == 1 else f"{len(names)} runs", on_nan=on_nan)
         for i, model, history in zip(group, models, histories):
-            results[i] = _finish(*jobs[i], spec, data, model, history, results_dir)
+            results[i] = _finish(*jobs[i], spec, data, model, history, results_dir, evaluate_test)
         bar.update(len(group))
     bar.close()
     return results
@@ -142,18 +146,21 @@ def _config_record(method: Method, spec: dict) -> dict:
     return {"model": dataclasses.asdict(method.model), "train": dataclasses.asdict(method.train), "data": spec}
 
 
-def _cached_result(method, seed, spec, data, record, state) -> RunResult:
+def _cached_result(method, seed, data, record, state, evaluate_test: bool) -> RunResult:
     model = build_model(method.model, data.n_features, data.n_classes)
     model.load_state_dict(state)
     model.to(data.train.X.device).eval()
+    test_error = record["test_error"]
+    if evaluate_test and (test_error is None or math.isnan(test_error)):  # cached by a search
+        test_error = evaluate(model, data.test)[1]
     return RunResult(record["method"], seed, record["key"], History.from_dict(record["history"]),
-                     record["val_error"], record["test_error"], record["config"], model)
+                     record["val_error"], test_error, record["config"], model)
 
 
-def _finish(method, seed, spec, data, model, history, results_dir) -> RunResult:
+def _finish(method, seed, spec, data, model, history, results_dir, evaluate_test: bool) -> RunResult:
     """Evaluate a trained run, cache it, and return its result."""
     _, val_error = evaluate(model, data.val)
-    _, test_error = evaluate(model, data.test)
+    test_error = evaluate(model, data.test)[1] if evaluate_test else math.nan
     model.eval()
     key, config = run_key(method, spec, seed), _config_record(method, spec)
     if results_dir:
@@ -195,7 +202,8 @@ def search(methods, grid: dict, data: Splits, *, seeds=(0,), **sweep_kwargs):
     lowest mean *validation* error wins (the test error is not looked at; ties go to the smallest
     values). Returns the methods with the chosen values and a table of the search: one row per
     candidate and seed, a column per searched field, ``field``/``value`` for the method's own
-    constant (its first field other than ``lr``), ``val_error_pct``, ``diverged`` and ``chosen``.
+    constant (its first field other than ``lr``), ``val_error_pct``, ``diverged``, ``chosen``, the
+    :func:`run_facts` and ``dead_pct`` (hidden units that never fire on the validation images).
     """
     import itertools
 
@@ -208,13 +216,14 @@ def search(methods, grid: dict, data: Splits, *, seeds=(0,), **sweep_kwargs):
             if method.name in fields:
                 candidates.append(method.replace(**dict(zip(fields[method.name], combo))))
                 owner.append(method.name)
-    results = run_sweep(candidates, data, seeds=seeds, desc="search", **sweep_kwargs)
+    results = run_sweep(candidates, data, seeds=seeds, desc="search", evaluate_test=False, **sweep_kwargs)
     rows = []
     for r, name in zip(results, [o for o in owner for _ in seeds]):
         own = next((f for f in fields[name] if f != "lr"), next(iter(fields[name])))
         rows.append({"method": name, **{f: r.config["train"][f] for f in fields[name]}, "field": own,
                      "value": r.config["train"][own], "seed": r.seed, "val_error_pct": 100 * r.val_error,
-                     "diverged": r.history.diverged})
+                     "diverged": r.history.diverged, **run_facts(r),
+                     "dead_pct": math.nan if r.history.diverged else 100 * dead_fraction(r.model, data.val.X)})
     table = pd.DataFrame(rows)
     chosen = []
     for method in methods:
@@ -231,6 +240,55 @@ def search(methods, grid: dict, data: Splits, *, seeds=(0,), **sweep_kwargs):
                            for row, c in zip(table.to_dict("records"),
                                              [next(m for m in chosen if m.name == n) for n in table["method"]])]
     return chosen, table
+
+
+def run_facts(result: RunResult) -> dict:
+    """What a run's last epoch says about its regularizers: near-zero weights (%), hidden units at
+    the max-norm cap (%), the largest hidden unit's weight norm, and the largest fraction of units
+    at the cap over training (%)."""
+    h = result.history
+    last = lambda values: values[-1] if values else math.nan
+    return {"near_zero_pct": 100 * last(h.small_weights), "at_cap_pct": 100 * last(h.at_cap),
+            "max_unit_norm": last(h.max_unit_norm), "at_cap_peak_pct": 100 * max(h.at_cap, default=math.nan)}
+
+
+def compare_to_noise(results, n_test: int, z: float = 2.0) -> "pd.DataFrame":
+    """Every pair of methods: difference of test error (points) and whether it exceeds the noise.
+
+    With several seeds per method the difference is paired by seed (mean difference and its
+    standard error over seeds); with one seed, its standard error is the binomial one of two error
+    rates measured on ``n_test`` images, ``sqrt(p₁(1-p₁)/n + p₂(1-p₂)/n)`` (which ignores that both
+    see the same images, so it is if anything too large). ``exceeds_noise``: ``|difference| > z·s.e.``.
+    """
+    import itertools
+
+    import pandas as pd
+
+    frame = results_frame(results)
+    errors = frame.pivot_table(index="seed", columns="method", values="test_error_pct")
+    rows = []
+    for a, b in itertools.combinations(list(dict.fromkeys(frame["method"])), 2):
+        pair = errors[[a, b]].dropna()
+        diff = pair[b] - pair[a]
+        if len(pair) > 1:
+            se, basis = diff.std(ddof=1) / math.sqrt(len(pair)), f"paired over {len(pair)} seeds"
+        else:
+            pa, pb = pair[a].mean() / 100, pair[b].mean() / 100
+            se, basis = 100 * math.sqrt((pa * (1 - pa) + pb * (1 - pb)) / n_test), "binomial, one seed"
+        rows.append({"a": a, "b": b, "difference": diff.mean(), "se": se, "basis": basis,
+                     "exceeds_noise": abs(diff.mean()) > z * se})
+    return pd.DataFrame(rows)
+
+
+def ranking_text(summary, comparisons, column: str = "test_error_pct") -> str:
+    """Methods ordered by mean ``column``, joined by "<" where the step exceeds the noise of
+    :func:`compare_to_noise` and by "≈" where it does not."""
+    mean = summary[(column, "mean")].sort_values()
+    exceeds = {frozenset((r.a, r.b)): r.exceeds_noise for r in comparisons.itertuples()}
+    parts = [f"{mean.index[0]} ({mean.iloc[0]:.2f} %)"]
+    for prev, name in zip(mean.index[:-1], mean.index[1:]):
+        parts.append(("<" if exceeds[frozenset((prev, name))] else "≈") + f" {name} ({mean[name]:.2f} %)")
+    return " ".join(parts)
 
 
 def choices_at_edge(table, grid: dict) -> list[tuple[str, str, float, str]]:
@@ -257,7 +315,7 @@ def format_summary(summary, digits: int = 2) -> "pd.DataFrame":
         mean, std = summary[(column, "mean")], summary[(column, "std")]
         exact = lambda m, s: float(m).is_integer() and (pd.isna(s) or s == 0)  # e.g. epochs of one seed
         out[COLUMN_LABELS.get(column, column)] = [
-            f"{m:.0f}" if exact(m, s) else f"{m:.{digits}f}" + ("" if pd.isna(s) else f" ± {s:.{digits}f}")
+            f"{m:.0f}" if exact(m, s) else f"{m:.{digits}f}" + ("" if pd.isna(s) else f"\u00a0±\u00a0{s:.{digits}f}")
             for m, s in zip(mean, std)]
     return out
 

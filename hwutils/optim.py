@@ -141,10 +141,13 @@ def adam_update_(p, g, m, v, t: int, lr, beta1: float = 0.9, beta2: float = 0.99
 def sgd_update_(p, g, buf, lr, momentum, nesterov: bool = True) -> None:
     """One step of SGD with momentum on ``p`` in place, as ``torch.optim.SGD`` (dampening 0):
     ``buf ← momentum·buf + g``; step along ``g + momentum·buf`` (Nesterov) or ``buf``. ``lr`` and
-    ``momentum`` are floats or tensors broadcasting against ``p`` (one per stacked member)."""
+    ``momentum`` are floats or tensors broadcasting against ``p`` (one per stacked member).
+    With Nesterov, ``g`` is overwritten by the step direction (as ``torch.optim.SGD`` does with
+    ``.grad``): a new tensor the size of ``p`` every step costs more on the CPU than the addition."""
     buf.mul_(momentum).add_(g)
-    p.addcmul_(torch.addcmul(g, buf, momentum) if nesterov and torch.is_tensor(momentum)
-               else g.add(buf, alpha=momentum) if nesterov else buf, lr, value=-1)
+    if nesterov:
+        g.addcmul_(buf, momentum) if torch.is_tensor(momentum) else g.add_(buf, alpha=momentum)
+    p.addcmul_(g if nesterov else buf, lr, value=-1)
 
 
 class Adam(torch.optim.Optimizer):

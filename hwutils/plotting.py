@@ -23,7 +23,7 @@ __all__ = [
     "plot_weight_histograms", "plot_error_bars", "plot_sweep", "plot_method_panels",
     "plot_unit_norms", "plot_activity", "plot_point_cloud", "plot_second_moment_check",
     "plot_second_moment_deviation", "plot_uncorrected_steps", "plot_nonstationary", "show_table",
-    "show_settings",
+    "show_settings", "plot_lr_study", "plot_l1_tradeoff",
 ]
 
 #: Width (inches) of a figure that spans the text column: the PDF shows it at ≈ 6.3 in, so the
@@ -551,3 +551,73 @@ def show_table(frame, floatfmt: str = ".3g", index: bool = True) -> None:
     shown.index = [cell(v) if isinstance(v, float) else v for v in shown.index]
     shown.index.name = frame.index.name
     display(Markdown(shown.to_markdown(index=index, disable_numparse=True)))
+
+
+# --------------------------------------------------------------------------- Part 3: the studies
+#: How a searched training field is written in figures and text.
+CONSTANT_LABELS = {"l2": "λ₂", "l1": "λ₁", "kl": "β", "max_norm": "c", "lr": "learning rate"}
+
+
+def plot_lr_study(table, chosen: dict | None = None, title=None):
+    """The learning-rate study, from a search table (one row per run: ``method``, ``lr``, its
+    constant ``field``/``value``, ``val_error_pct``, ``diverged``, ``at_cap_peak_pct``,
+    ``max_unit_norm``). Per method, a line per value of its constant:
+
+    * validation error against the learning rate (runs that diverged to NaN are crosses at the
+      top edge);
+    * the largest fraction of hidden units at the max-norm cap during training (max-norm methods);
+    * dead hidden units (never active on the validation images, ``dead_pct``).
+
+    ``chosen`` maps a method to its chosen ``(lr, value)``, starred.
+    """
+    fig, axes, spare = _grid(3, 2.7)
+    err_ax, cap_ax, dead_ax = axes
+    styles = method_styles(table["method"].unique())
+    top = min(100.0, table.loc[~table["diverged"], "val_error_pct"].max() * 1.3)
+    markers = ["o", "s", "^", "D"]
+    for name, rows in table.groupby("method", sort=False):
+        for j, (value, sub) in enumerate(rows.groupby("value")):
+            sub = sub.groupby("lr").agg(err=("val_error_pct", "mean"), diverged=("diverged", "any"),
+                                        cap=("at_cap_peak_pct", "mean"), dead=("dead_pct", "mean")).reset_index()
+            style = dict(color=styles[name]["color"], marker=markers[j % 4], ms=4,
+                         ls="-" if j == 0 else ":", lw=1.3)
+            label = f"{name}, {CONSTANT_LABELS.get(rows['field'].iloc[0], rows['field'].iloc[0])} = {value:g}"
+            ok = sub[~sub["diverged"]]
+            err_ax.plot(ok["lr"], ok["err"].clip(upper=top), label=label, **style)
+            bad = sub[sub["diverged"]]
+            err_ax.plot(bad["lr"], [top] * len(bad), "x", color=style["color"], ms=7, mew=2)
+            if rows["field"].iloc[0] == "max_norm":
+                cap_ax.plot(sub["lr"], sub["cap"], **style)
+            dead_ax.plot(sub["lr"], sub["dead"], **style)
+        if chosen and name in chosen:
+            lr, value = chosen[name]
+            pick = rows[(rows["lr"] == lr) & (rows["value"] == value)]["val_error_pct"].mean()
+            err_ax.plot(lr, pick, "k*", ms=11, zorder=5)
+    err_ax.set(xscale="log", yscale="log", xlabel="learning rate (log)", ylabel="validation error (%, log)",
+               title="Validation error (×: diverged, ★: chosen)")
+    cap_ax.set(xscale="log", xlabel="learning rate (log)", ylabel="units at the cap, peak (%)",
+               title="Max-norm: does the cap bind?", ylim=(-3, 103))
+    dead_ax.set(xscale="log", xlabel="learning rate (log)", ylabel="dead hidden units (%)",
+                title="Units that never fire on validation", ylim=(-3, 103))
+    _legend_in_spare_slot(fig, spare, *err_ax.get_legend_handles_labels(), ncol_below=2, fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_l1_tradeoff(table, title=None):
+    """Late L1's sparsity against accuracy: weights below 10⁻³ (%) against validation error (%), one
+    point per λ₁ (labelled; λ₁ = 0 is the L2 run it starts from). ``table``: ``l1``,
+    ``near_zero_pct``, ``val_error_pct``."""
+    frame = table.groupby("l1", as_index=False)[["near_zero_pct", "val_error_pct"]].mean().sort_values("l1")
+    fig, ax = plt.subplots(figsize=(0.75 * PAGE_WIDTH, 3.2))
+    color = method_styles(["L2 + L1 (late)"])["L2 + L1 (late)"]["color"]
+    ax.plot(frame["near_zero_pct"], frame["val_error_pct"], "o-", color=color)
+    for row in frame.itertuples():
+        ax.annotate(f"λ₁ = {row.l1:g}", (row.near_zero_pct, row.val_error_pct), textcoords="offset points",
+                    xytext=(6, 4), fontsize=8)
+    ax.set(xlabel="weights below 10⁻³ at the end (%)", ylabel="validation error (%)",
+           title=title or "What late L1 buys (sparsity) and costs (error)")
+    ax.margins(x=0.15, y=0.15)
+    fig.tight_layout()
+    return fig

@@ -15,7 +15,8 @@ from .training import TrainConfig
 __all__ = [
     "PROFILES", "check_profile",
     "AdamProfile", "ADAM_PROFILES", "adam_profile",
-    "MnistProfile", "MNIST_PROFILES", "MNIST_SEARCH_GRID", "mnist_profile", "mnist_methods",
+    "MnistProfile", "MNIST_PROFILES", "MNIST_CONSTANTS", "LR_STUDY", "mnist_search_grids", "mnist_profile",
+    "mnist_methods", "inherit_l2", "final_methods", "LONG_L2",
     "mnist_data_spec", "mnist_splits", "TABLE9_TEST_ERROR",
     "PointCloudProfile", "POINT_CLOUD_PROFILES", "point_cloud_profile", "point_cloud_methods",
 ]
@@ -58,12 +59,17 @@ def adam_profile(name: str, **overrides) -> AdamProfile:
 # --------------------------------------------------------------------------- Part 3: MNIST
 @dataclass(frozen=True)
 class MnistProfile:
-    """Size of the MNIST sweep: network, epochs, seeds, and how much of the data is used.
+    """Size of the MNIST study: network, epochs, seeds, data, and the validation search.
 
     ``epochs`` is the budget of the methods without dropout, ``dropout_epochs`` that of the two
     dropout methods: dropout trains a different thinned network at every step and needs several
     times more epochs to converge (Srivastava et al. 2014, sec. 7.2), while the others stop
     improving on validation long before (see the curves in the notebook).
+
+    The search (learning rate together with each method's constant, on the validation split) runs
+    on ``search_train`` training and ``search_val`` validation images for ``search_epochs``
+    (``search_dropout_epochs`` with dropout) - smaller than the final runs where the budget asks
+    for it; ``lr_grid`` is the learning rates tried, which also make the learning-rate study.
     """
 
     hidden: tuple[int, ...]
@@ -71,35 +77,68 @@ class MnistProfile:
     dropout_epochs: int
     seeds: tuple[int, ...] = (0,)
     batch_size: int = 128
-    search: bool = False  # run the validation search for the constants (else use the defaults)
     train_subset: int | None = None  # None: all 50,000 training images
     val_subset: int | None = None
     test_subset: int | None = None
+    search_train: int | None = None  # None: the same training images as the final runs
+    search_val: int | None = None
+    search_epochs: int | None = None  # None: the final runs' epochs
+    search_dropout_epochs: int | None = None
+    search_seeds: tuple[int, ...] = (0,)
+    lr_grid: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0)
+
+    def search_profile(self) -> "MnistProfile":
+        """The profile the search trains with: its data subset and epochs."""
+        return dataclasses.replace(
+            self, train_subset=self.search_train or self.train_subset, val_subset=self.search_val or self.val_subset,
+            epochs=self.search_epochs or self.epochs,
+            dropout_epochs=self.search_dropout_epochs or self.dropout_epochs, seeds=self.search_seeds)
 
 
 MNIST_PROFILES = {
     # Seconds: proves the notebook runs end to end (CI).
     "smoke": MnistProfile(hidden=(64, 64), epochs=2, dropout_epochs=2, train_subset=2000, val_subset=1000,
-                          test_subset=1000),
-    # The default of `make report`: the six methods in about 12 minutes on 2 CPU cores. Budget from
-    # the measured speed (`make bench`): ~5.5 ms per step of 128 at 784-800-800-10, i.e. 2.2-2.9 s
-    # per epoch of 50,000 images with validation, so 4 x 20 + 2 x 80 = 240 epochs take 9-12 minutes.
-    "quick": MnistProfile(hidden=(800, 800), epochs=20, dropout_epochs=80),
-    # A workstation: wider net, longer training, three seeds, and the validation search.
-    "full": MnistProfile(hidden=(1024, 1024), epochs=40, dropout_epochs=200, seeds=(0, 1, 2), search=True),
-    # The Table 9 network and about a million updates for dropout (2,000 epochs x 500 steps of 100); a GPU.
-    "paper": MnistProfile(hidden=(1024, 1024, 2048), epochs=300, dropout_epochs=2000, batch_size=100, search=True),
+                          test_subset=1000, search_train=1000, lr_grid=(0.03, 0.3)),
+    # The default of `make report`: about 12 minutes on a 2-core CPU whose matrix-product ceiling
+    # is 200 GFLOP/s (`make bench`): 784-800-800-10 steps of 128 take ~5.5 ms there, 2.3 s per
+    # epoch of 50,000 images with validation. Final runs: 4 x 20 + 3 x 50 = 230 epochs (~9 min,
+    # with the control "L2, dropout's epochs"). The search is reduced to 10,000 training / 5,000
+    # validation images and 8 epochs (12 with dropout): 5 learning rates x 2 constants for four
+    # methods, 4 + 3 runs for the L1 and KL constants, ~4 min.
+    "quick": MnistProfile(hidden=(800, 800), epochs=20, dropout_epochs=50, search_train=10_000,
+                          search_val=5_000, search_epochs=8, search_dropout_epochs=12),
+    # A workstation or a small GPU: wider net, longer training, three seeds, the search on all data
+    # for half the epochs.
+    "full": MnistProfile(hidden=(1024, 1024), epochs=40, dropout_epochs=200, seeds=(0, 1, 2),
+                         search_epochs=20, search_dropout_epochs=100),
+    # The Table 9 network, batch 100 and the paper's budget for dropout (2,000 epochs x 500 steps:
+    # a million updates), three seeds; the search on all data at a tenth of the epochs. Sized for
+    # one H100-class GPU with the stacked engine (see the estimate printed before training).
+    "paper": MnistProfile(hidden=(1024, 1024, 2048), epochs=200, dropout_epochs=2000, batch_size=100,
+                          seeds=(0, 1, 2), search_epochs=20, search_dropout_epochs=200),
 }
 
-#: The constant searched on the validation split for each method (name → (field, values)).
-MNIST_SEARCH_GRID = {
-    "L2": ("l2", (3e-5, 1e-4, 3e-4)),
-    "L2 + L1 (late)": ("l1", (3e-6, 1e-5, 3e-5)),
-    "L2 + KL-sparsity": ("kl", (3e-5, 1e-4, 3e-4)),
-    "max-norm": ("max_norm", (2.0, 3.0, 4.0)),
+#: Each method's own constant, searched on the validation split together with the learning rate
+#: (L2 + L1 and L2 + KL inherit L2's chosen learning rate and λ₂ and search their own constant).
+MNIST_CONSTANTS = {
+    "L2": ("l2", (1e-5, 1e-4)),
+    "max-norm": ("max_norm", (2.0, 3.5)),
     "dropout + L2": ("l2", (1e-5, 1e-4)),
-    "dropout + max-norm": ("max_norm", (1.5, 3.5)),
+    "dropout + max-norm": ("max_norm", (2.0, 3.5)),
+    "L2 + L1 (late)": ("l1", (1e-5, 3e-5, 1e-4, 3e-4)),
+    "L2 + KL-sparsity": ("kl", (1e-4, 1e-3, 1e-2)),
 }
+#: The methods whose learning rate is searched with their constant (the learning-rate study).
+LR_STUDY = ("L2", "max-norm", "dropout + L2", "dropout + max-norm")
+
+
+def mnist_search_grids(profile: MnistProfile) -> tuple[dict, dict]:
+    """The search in two stages: (1) learning rate x constant for the methods of the learning-rate
+    study; (2) the L1 and KL constants on top of the L2 method that stage 1 chose."""
+    stage1 = {name: {"lr": profile.lr_grid, field: values}
+              for name, (field, values) in MNIST_CONSTANTS.items() if name in LR_STUDY}
+    stage2 = {name: spec for name, spec in MNIST_CONSTANTS.items() if name not in LR_STUDY}
+    return stage1, stage2
 
 
 def mnist_profile(name: str, **overrides) -> MnistProfile:
@@ -110,43 +149,69 @@ def mnist_profile(name: str, **overrides) -> MnistProfile:
 
 
 def mnist_methods(profile: MnistProfile) -> list[Method]:
-    """The six methods of Table 9 with the constants chosen on the validation split.
+    """The six methods of Table 9, before the search picks their learning rate and constants.
 
-    Shared by all methods: ReLU MLP, SGD with Nesterov momentum 0.9, cosine learning-rate decay,
-    batch size from the profile. Dropout drops inputs with probability 0.2 and hidden units with
-    0.5 (keep 0.8 / 0.5, as in Srivastava et al.).
+    Shared by all methods: ReLU MLP on pixel intensities in [0, 1], SGD with Nesterov momentum
+    0.9, cosine learning-rate decay, batch size from the profile. Dropout drops inputs with
+    probability 0.2 and hidden units with 0.5 (keep 0.8 / 0.5, as in Srivastava et al.); max-norm
+    constrains each hidden unit's incoming weights. L2 + L1 and L2 + KL are the L2 method plus
+    their penalty: with the same seed, L2 + L1 *is* the L2 run until L1 switches on (last 25 %).
     """
     plain = ModelConfig(hidden=profile.hidden)
     dropout = ModelConfig(hidden=profile.hidden, dropout_input=0.2, dropout_hidden=0.5)
-    base = TrainConfig(epochs=profile.epochs, batch_size=profile.batch_size, lr=0.05, momentum=0.9)
+    base = TrainConfig(epochs=profile.epochs, batch_size=profile.batch_size, lr=0.1, momentum=0.9)
     long = base.replace(epochs=profile.dropout_epochs)
-    # The searched constants (MNIST_SEARCH_GRID) as the quick-profile search chose them on the
-    # validation split (784-800-800-10, one seed). L2 + L1 and L2 + KL keep the L2 coefficient
-    # chosen for L2, so that with the same seed L2 + L1 *is* the L2 run until L1 switches on.
-    l2 = 3e-5
     return [
-        Method("L2", plain, base.replace(l2=l2)),
-        Method("L2 + L1 (late)", plain, base.replace(l2=l2, l1=3e-6, l1_last_fraction=0.25)),
-        Method("L2 + KL-sparsity", plain, base.replace(l2=l2, kl=3e-5, kl_rho=0.05)),
-        Method("max-norm", plain, base.replace(lr=0.1, max_norm=2.0)),
-        Method("dropout + L2", dropout, long.replace(l2=1e-4)),
+        Method("L2", plain, base.replace(l2=1e-5)),
+        Method("L2 + L1 (late)", plain, base.replace(l2=1e-5, l1=1e-4, l1_last_fraction=0.25)),
+        Method("L2 + KL-sparsity", plain, base.replace(l2=1e-5, kl=1e-3, kl_rho=0.05)),
+        Method("max-norm", plain, base.replace(max_norm=3.5)),
+        Method("dropout + L2", dropout, long.replace(l2=1e-5)),
         Method("dropout + max-norm", dropout, long.replace(max_norm=3.5)),
     ]
 
 
-def mnist_splits(profile: MnistProfile, downsample=None, root=None, device=None) -> Splits:
+#: The control run: L2 trained as long as the dropout methods.
+LONG_L2 = "L2, dropout's epochs"
+
+
+def final_methods(profile: MnistProfile, chosen) -> list[Method]:
+    """The six methods at the profile's final budget with the constants the search ``chosen``, and
+    the control :data:`LONG_L2` - L2 trained for the dropout methods' epochs - which separates what
+    their extra epochs do from what dropout does."""
+    budget = {m.name: m.train.epochs for m in mnist_methods(profile)}
+    final = [m.replace(epochs=budget[m.name]) for m in chosen]
+    l2 = next(m for m in final if m.name == "L2")
+    return final + [l2.variant(LONG_L2, epochs=profile.dropout_epochs)]
+
+
+def inherit_l2(methods, chosen_l2: Method) -> list[Method]:
+    """L2 + L1 and L2 + KL with the learning rate and λ₂ chosen for L2."""
+    return [m.replace(lr=chosen_l2.train.lr, l2=chosen_l2.train.l2) if m.name.startswith("L2 +") else m
+            for m in methods]
+
+
+#: How Part 3 scales its inputs: pixel intensities in [0, 1], as Srivastava et al. (whose constants,
+#: max-norm radii and learning rates assume it); "standardized" (zero mean, unit variance) only for
+#: the diagnosis of why that matters.
+PIXELS = ("[0, 1]", "standardized")
+
+
+def mnist_splits(profile: MnistProfile, downsample=None, root=None, device=None, pixels: str = "[0, 1]") -> Splits:
     """MNIST for a profile: :func:`hwutils.data.load_mnist`, cut to the profile's subset sizes."""
     from .data import load_mnist  # noqa: keeps `import hwutils.profiles` free of data loading
 
-    data = load_mnist(root, downsample=downsample, device=device)
+    if pixels not in PIXELS:
+        raise ValueError(f"pixels must be one of {PIXELS}, got {pixels!r}")
+    data = load_mnist(root, downsample=downsample, device=device, standardize=pixels == "standardized")
     cut = lambda split, n: split if n is None else split.subset(n)
     return Splits(cut(data.train, profile.train_subset), cut(data.val, profile.val_subset),
                   cut(data.test, profile.test_subset))
 
 
-def mnist_data_spec(profile: MnistProfile, downsample) -> dict:
+def mnist_data_spec(profile: MnistProfile, downsample, pixels: str = "[0, 1]") -> dict:
     """What identifies the MNIST data of a run (part of its cache key)."""
-    return {"name": "mnist", "downsample": downsample, "val_size": 10_000, "split_seed": 0,
+    return {"name": "mnist", "pixels": pixels, "downsample": downsample, "val_size": 10_000, "split_seed": 0,
             "train_subset": profile.train_subset, "val_subset": profile.val_subset,
             "test_subset": profile.test_subset}
 

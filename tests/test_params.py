@@ -43,7 +43,8 @@ def test_the_spec_knows_the_same_profiles_as_the_code():
     ("epochs", 2.5, "an integer >= 1"),
     ("epochs", -3, "an integer >= 1"),
     ("epochs", True, "an integer >= 1"),
-    ("search", "maybe", "true or false"),
+    ("lr_grid", [0.1, -1], "learning rates"),
+    ("lr_grid", "fast", "learning rates"),
     ("force", 1, "true or false"),
 ])
 def test_a_bad_mnist_value_is_named_in_one_line_with_what_is_allowed(name, value, allowed):
@@ -85,7 +86,8 @@ def test_good_values_pass_and_are_normalized():
     assert check_value("downsample", 7, MNIST_NB) == 7 and check_value("downsample", None, MNIST_NB) is None
     assert check_value("hidden", (800, 800), MNIST_NB) == [800, 800]
     assert check_value("seeds", [0, 1, 2], MNIST_NB) == [0, 1, 2]
-    assert check_value("search", True, MNIST_NB) is True and check_value("kind", "spirals", CLOUD_NB) == "spirals"
+    assert check_value("force", True, MNIST_NB) is True and check_value("kind", "spirals", CLOUD_NB) == "spirals"
+    assert check_value("lr_grid", ["1e-2", 1], MNIST_NB) == [0.01, 1.0]
 
 
 def test_a_shared_name_must_be_valid_for_every_notebook_that_declares_it():
@@ -96,5 +98,5 @@ def test_a_shared_name_must_be_valid_for_every_notebook_that_declares_it():
 
 
 def test_an_override_of_a_parameter_without_a_spec_entry_is_refused_with_the_fix():
-    with pytest.raises(ParameterError, match="lr_grid of 03_mnist_regularization has no entry in hwutils/params.py"):
-        check_overrides({"lr_grid": [0.1]}, {MNIST_NB: {"lr_grid"}})
+    with pytest.raises(ParameterError, match="momentum of 03_mnist_regularization has no entry in hwutils/params.py"):
+        check_overrides({"momentum": 0.5}, {MNIST_NB: {"momentum"}})

@@ -1,0 +1,129 @@
+"""Part 3's study: the search grids, the statistics that say whether a regularizer acts, and the
+comparison of methods against noise - on tiny data the tests build."""
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from hwutils.diagnostics import regularizer_activity, unit_norms
+from hwutils.experiments import (Method, RunResult, choices_at_edge, compare_to_noise, ranking_text, run_sweep,
+                                 search, summarize)
+from hwutils.models import ModelConfig
+from hwutils.plotting import plot_l1_tradeoff, plot_lr_study
+from hwutils.profiles import (LONG_L2, LR_STUDY, MNIST_PROFILES, final_methods, inherit_l2, mnist_data_spec,
+                              mnist_methods, mnist_search_grids, mnist_splits)
+from hwutils.training import History, TrainConfig
+
+NET = ModelConfig(hidden=(32,))
+BASE = TrainConfig(epochs=6, batch_size=32, lr=0.3, momentum=0.9, lr_schedule="constant")
+
+
+def test_part3_reads_pixel_intensities_in_0_1_as_the_paper(mnist_dir):
+    # Standardized inputs (x ≈ 3 times larger) made the same learning rates kill the ReLU units and
+    # left max-norm radii meant for [0, 1] pixels unbound; Part 3 trains on [0, 1] pixels.
+    data = mnist_splits(MNIST_PROFILES["smoke"], root=mnist_dir, device="cpu")
+    assert data.train.X.min().item() == 0.0 and data.train.X.max().item() == 1.0
+    assert mnist_data_spec(MNIST_PROFILES["smoke"], None)["pixels"] == "[0, 1]"
+    standardized = mnist_splits(MNIST_PROFILES["smoke"], root=mnist_dir, device="cpu", pixels="standardized")
+    ratio = standardized.train.X.norm(dim=1).mean() / data.train.X.norm(dim=1).mean()
+    assert 2.5 < ratio.item() < 3.5
+
+
+def test_mnist_splits_rejects_an_unknown_input_scaling():
+    with pytest.raises(ValueError, match="pixels must be one of"):
+        mnist_splits(MNIST_PROFILES["smoke"], pixels="whitened")
+
+
+def test_the_search_tunes_the_learning_rate_with_each_constant_and_l2_plus_x_inherit_l2():
+    profile = MNIST_PROFILES["quick"]
+    stage1, stage2 = mnist_search_grids(profile)
+    assert set(stage1) == set(LR_STUDY) and all(spec["lr"] == profile.lr_grid for spec in stage1.values())
+    assert min(profile.lr_grid) <= 0.01 and max(profile.lr_grid) >= 1.0
+    assert set(stage2) == {"L2 + L1 (late)", "L2 + KL-sparsity"}
+    methods = mnist_methods(profile)
+    tuned_l2 = next(m for m in methods if m.name == "L2").replace(lr=0.03, l2=3e-4)
+    inherited = {m.name: m for m in inherit_l2([tuned_l2, *methods[1:]], tuned_l2)}
+    assert inherited["L2 + L1 (late)"].train.lr == 0.03 and inherited["L2 + KL-sparsity"].train.l2 == 3e-4
+    assert inherited["max-norm"].train.lr == methods[3].train.lr  # not an L2 method: untouched
+
+
+def test_final_methods_keep_the_chosen_constants_at_the_full_budget_and_add_the_long_l2_control():
+    profile = MNIST_PROFILES["quick"]
+    chosen = [m.replace(epochs=3, lr=0.07) for m in mnist_methods(profile.search_profile())]
+    final = {m.name: m for m in final_methods(profile, chosen)}
+    assert final["L2"].train.epochs == profile.epochs and final["L2"].train.lr == 0.07
+    assert final["dropout + L2"].train.epochs == profile.dropout_epochs
+    assert final[LONG_L2].train == final["L2"].train.replace(epochs=profile.dropout_epochs)
+
+
+def test_history_counts_the_hidden_units_at_the_max_norm_cap(moons):
+    tight, loose = Method("tight", NET, BASE.replace(max_norm=0.5)), Method("loose", NET, BASE.replace(max_norm=50.0))
+    results = {r.method: r for r in run_sweep([tight, loose], moons, results_dir=None, progress=False)}
+    norms = unit_norms(results["tight"].model)
+    assert results["tight"].history.at_cap[-1] == pytest.approx(float((norms >= 0.99 * 0.5).float().mean()))
+    assert results["tight"].history.at_cap[-1] > 0.5 and results["loose"].history.at_cap[-1] == 0
+    assert results["tight"].history.max_unit_norm[-1] == pytest.approx(float(norms.max()), rel=1e-5)
+
+
+def test_regularizer_activity_flags_a_max_norm_that_never_binds_and_an_l1_that_sparsifies(moons):
+    methods = [Method("L2", NET, BASE.replace(l2=1e-4)), Method("binding", NET, BASE.replace(max_norm=0.5)),
+               Method("never binds", NET, BASE.replace(max_norm=50.0)),
+               Method("L2 + L1", NET, BASE.replace(l2=1e-4, l1=3e-3, l1_proximal=True))]
+    activity = regularizer_activity(run_sweep(methods, moons, results_dir=None, progress=False), moons.val.X)
+    active = dict(zip(activity["method"], activity["active"]))
+    assert active == {"binding": True, "never binds": False, "L2 + L1": True}
+
+
+def test_the_search_table_shows_the_l1_trade_off_and_flags_choices_at_the_edge(moons):
+    l2 = Method("L2 + L1 (late)", NET, BASE.replace(l2=1e-4, l1_proximal=True))
+    grid = {"L2 + L1 (late)": ("l1", (0.0, 1e-3, 1e-2))}
+    _, table = search([l2], grid, moons, results_dir=None, progress=False)
+    sparsity = table.sort_values("l1")["near_zero_pct"].tolist()
+    assert sparsity == sorted(sparsity) and sparsity[-1] > sparsity[0] + 10  # more λ₁, sparser
+    assert table["chosen"].sum() == 1
+    value = table.loc[table["chosen"], "l1"].iloc[0]
+    edges = choices_at_edge(table, grid)
+    assert (value in (0.0, 1e-2)) == bool(edges)
+    plot_l1_tradeoff(table.assign(val_error_pct=table["val_error_pct"]))
+
+
+def test_the_search_never_looks_at_the_test_split(moons):
+    learner = Method("learner", NET, BASE)
+    _, table = search([learner], {"learner": {"lr": (0.03, 0.3), "l2": (0.0, 1e-3)}}, moons, results_dir=None,
+                      progress=False)
+    assert len(table) == 4 and {"lr", "l2", "dead_pct", "at_cap_peak_pct"} <= set(table.columns)
+    results = run_sweep([learner], moons, results_dir=None, progress=False, evaluate_test=False)
+    assert math.isnan(results[0].test_error)
+
+
+def test_the_learning_rate_study_marks_diverged_runs(moons):
+    method = Method("max-norm", NET, BASE.replace(max_norm=1.0))
+    _, table = search([method], {"max-norm": {"lr": (0.1, 1e12), "max_norm": (1.0,)}}, moons, results_dir=None,
+                      progress=False, on_nan="stop")
+    assert table.set_index("lr")["diverged"].to_dict() == {0.1: False, 1e12: True}
+    plot_lr_study(table, chosen={"max-norm": (0.1, 1.0)})
+
+
+def _fake(method, seed, test_error):
+    return RunResult(method, seed, "k", History(val_loss=[1.0], val_error=[test_error / 100]), test_error / 100,
+                     test_error / 100)
+
+
+def test_differences_inside_the_binomial_noise_are_ties_and_ranked_with_approx():
+    results = [_fake("a", 0, 1.50), _fake("b", 0, 1.55), _fake("c", 0, 3.00)]
+    comparisons = compare_to_noise(results, n_test=10_000)
+    by_pair = {(r.a, r.b): r for r in comparisons.itertuples()}
+    se = 100 * math.sqrt((0.015 * 0.985 + 0.0155 * 0.9845) / 10_000)
+    assert by_pair[("a", "b")].se == pytest.approx(se) and not by_pair[("a", "b")].exceeds_noise
+    assert by_pair[("a", "c")].exceeds_noise
+    assert ranking_text(summarize(results), comparisons) == "a (1.50 %) ≈ b (1.55 %) < c (3.00 %)"
+
+
+def test_with_several_seeds_differences_are_paired_by_seed():
+    # b is worse than a by exactly 0.10 points on every seed: a consistent, paired difference.
+    results = [_fake(m, s, e + (0.1 if m == "b" else 0.0)) for s, e in enumerate((1.2, 1.6, 1.4))
+               for m in ("a", "b")]
+    row = compare_to_noise(results, n_test=10_000).iloc[0]
+    assert row.basis == "paired over 3 seeds" and row.difference == pytest.approx(0.1)
+    assert row.se == pytest.approx(0.0, abs=1e-9) and row.exceeds_noise
