@@ -1,19 +1,33 @@
 """Training speed against the hardware limit, in one process and one run (`make bench`).
 
-Measures, at the MNIST quick-profile shapes:
+Prints the device and the measured matrix-product ceiling (GFLOP/s) first: every time below is only
+meaningful at the speed it was measured at. Then, at the MNIST quick-profile shape (784-800-800-10,
+batch 128):
 
 1. the ceiling: the forward + backward matrix products of exactly the model's shapes, timed alone;
-2. ``hwutils.training.fit`` for each of the six MNIST methods, and for plain training (no regularizer);
+2. ``hwutils.training.fit`` (the K = 1 case of the stacked engine) for each of the six MNIST methods,
+   and for plain training (no regularizer), with its share of the ceiling;
 3. the textbook baseline: a loop over ``DataLoader(torchvision.datasets.MNIST(..., transform=ToTensor()))``;
 4. the overhead of each regularizer over plain training;
-5. whether training several same-shape models at once (batched matrix products, as ``torch.func.vmap``
-   over stacked parameters would run them) beats training them one after another.
+5. ms per step **per run** of K runs trained together as one ``StackedMLP``
+   (``hwutils.training.step_seconds``: one ``train_step`` with L2 on random data) at the paper shape
+   (784-1024-1024-2048-10, batch 100): K = 1, 6, 18 on CUDA (the step replayed as a CUDA graph),
+   K = 1 and 6 on the CPU (≈ 2.4 GFLOP per step per run; K = 18 would take minutes there). Without
+   CUDA the CUDA rows are skipped with the reason printed.
 
 FLOP counts are those of the matrix products a step needs: per layer 2·B·in·out for the forward
 product, as much for the weight gradient, and as much again for the input gradient except in the
 first layer (the images need no gradient). Prints a table and writes it to
-``benchmarks/results/bench_training.{csv,json}``. Targets (a benchmark, not a test): plain ``fit``
-≥ 80 % of the ceiling, no regularizer adding > 15 % to a step, ``fit`` ≥ 10× the naive baseline.
+``benchmarks/results/bench_training.{csv,json}`` (plus ``bench_overhead.csv``, ``bench_members.csv``).
+
+Budget: about 5 minutes on 2 CPU cores. Each ``fit`` timing is 3 epochs of a 10,000-image subset
+(79 steps each; the fastest epoch after the first counts), repeated ``--rounds`` (3) times round-robin
+over all configurations, fastest kept: the machine's speed drifts by 10-25 % over minutes, and
+measuring every configuration in each round keeps that drift out of the ratios. The paper-shape CPU
+rows take a few steps each (``--rounds`` times, interleaved, fastest kept). Targets (a benchmark, not
+a test): plain ``fit`` ≥ 0.75 of the ceiling (issue 10's done-when), no regularizer adding > 15 % to
+a step, ``fit`` ≥ 10× the naive baseline; on CUDA, K = 18 at ≥ 8× below 1.9 ms per step per run
+(``fit`` at the paper shape on an H100 before the stacked engine).
 """
 from __future__ import annotations
 
@@ -32,9 +46,11 @@ from torch.nn import functional as F
 from hwutils.data import Split, find_mnist_dir, load_mnist
 from hwutils.profiles import MNIST_PROFILES, mnist_methods
 from hwutils.models import MLP, ModelConfig
-from hwutils.training import TrainConfig, fit
+from hwutils.training import TrainConfig, fit, step_seconds
 
 OUT = Path(__file__).resolve().parent / "results"
+PAPER_HIDDEN, PAPER_BATCH = (1024, 1024, 2048), 100   # Table 9 of Srivastava et al. (2014)
+BEFORE_MS_PER_RUN = 1.9    # fit at the paper shape on one H100 before the stacked engine (issue 10)
 
 
 def sync(device):
@@ -75,38 +91,30 @@ def gemm_ceiling(widths, batch, device, seconds=3.0):
     return n * step_flops(widths, batch) / (time.perf_counter() - start)
 
 
-def batched_gemm_speedup(widths, batch, n_models, device, reps=30):
-    """Time of ``n_models`` steps' products as one batched product per shape vs one after another."""
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    mk = lambda *s: torch.randn(*s, generator=gen).to(device)
-    shapes = list(zip(widths[:-1], widths[1:]))
-    single = [(mk(b, a), mk(batch, a), mk(batch, b)) for a, b in shapes]
-    stacked = [(mk(n_models, b, a), mk(n_models, batch, a), mk(n_models, batch, b)) for a, b in shapes]
-
-    def sequential():
-        for _ in range(n_models):
-            for i, (w, x, g) in enumerate(single):
-                x @ w.t(); g.t() @ x
-                if i:
-                    g @ w
-
-    def together():
-        for i, (w, x, g) in enumerate(stacked):
-            torch.bmm(x, w.transpose(1, 2)); torch.bmm(g.transpose(1, 2), x)
-            if i:
-                torch.bmm(g, w)
-
-    timings = {}
-    for name, fn in (("sequential", sequential), ("batched", together)):
-        for _ in range(3):
-            fn()
-        sync(device)
-        start = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        sync(device)
-        timings[name] = (time.perf_counter() - start) / reps
-    return timings["sequential"] / timings["batched"]
+def member_rows(device, rounds, ceiling):
+    """ms per step per run of K runs trained together at the paper shape (``step_seconds``), K = 1, 6, 18
+    on CUDA (CUDA-graph replay), K = 1, 6 on the CPU; the K are interleaved in every round, fastest kept."""
+    widths = [784, *PAPER_HIDDEN, 10]
+    flops = step_flops(widths, PAPER_BATCH)
+    members = (1, 6, 18) if device.type == "cuda" else (1, 6)
+    # CPU: a step of K = 6 is ~0.15 s, so a few steps; CUDA: enough steps to dwarf the timer.
+    steps = {k: (200 if device.type == "cuda" else max(4, 24 // k)) for k in members}
+    best = {}
+    for _ in range(rounds):
+        for k in members:
+            seconds = step_seconds(PAPER_HIDDEN, PAPER_BATCH, k, device=device, steps=steps[k],
+                                   warmup=5 if device.type == "cuda" else 2)
+            best[k] = min(best.get(k, float("inf")), seconds)
+    rows = []
+    for k in members:
+        per_run = best[k] / k
+        rows.append({"device": device.type, "members": k, "ms_per_step_per_run": 1e3 * per_run,
+                     "ms_per_step": 1e3 * best[k], "gflops": flops / per_run / 1e9,
+                     "of_ceiling": flops / per_run / ceiling,
+                     "vs_K1": best[1] / per_run})
+        print(f"  {device.type} K = {k:2d}: {1e3 * per_run:.3f} ms per step per run "
+              f"({1e3 * best[k]:.2f} ms per step of all {k})", flush=True)
+    return rows
 
 
 def time_fit(model_config, train_config, train, val, device, epochs=3):
@@ -163,17 +171,25 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=3, help="round-robin repetitions of every timing")
     parser.add_argument("--train-images", type=int, default=10_000, help="images per timed epoch")
     args = parser.parse_args(argv)
+    began = time.perf_counter()
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     profile = MNIST_PROFILES[args.profile]
-    data = load_mnist(device=device)
-    train, val = data.train, Split(data.val.X[:512], data.val.y[:512])  # tiny val: time the training steps
     widths = [784, *profile.hidden, 10]
     batch = profile.batch_size
     flops = step_flops(widths, batch)
-    print(f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else f'{torch.get_num_threads()} threads'}), "
-          f"net {'-'.join(map(str, widths))}, batch {batch}, {flops / 1e9:.3f} GFLOP per step", flush=True)
-
+    paper_widths = [784, *PAPER_HIDDEN, 10]
     ceiling = gemm_ceiling(widths, batch, device)
+    paper_ceiling = gemm_ceiling(paper_widths, PAPER_BATCH, device, seconds=2.0)
+    where = (torch.cuda.get_device_name() if device.type == "cuda" else f"{torch.get_num_threads()} threads")
+    print(f"device {device} ({where}), torch {torch.__version__}\n"
+          f"ceiling (first measurement; the table keeps the best of this and one per round) "
+          f"{ceiling / 1e9:.1f} GFLOP/s at {'-'.join(map(str, widths))}, batch {batch} "
+          f"({flops / 1e9:.3f} GFLOP per step); {paper_ceiling / 1e9:.1f} GFLOP/s at "
+          f"{'-'.join(map(str, paper_widths))}, batch {PAPER_BATCH} "
+          f"({step_flops(paper_widths, PAPER_BATCH) / 1e9:.3f} GFLOP per step per run)", flush=True)
+    data = load_mnist(device=device)
+    train, val = data.train, Split(data.val.X[:512], data.val.y[:512])  # tiny val: time the training steps
+
     rows = [{"what": "ceiling: the step's matrix products alone", "ms_per_step": 1e3 * flops / ceiling,
              "steps_per_s": ceiling / flops, "samples_per_s": batch * ceiling / flops,
              "gflops": ceiling / 1e9, "of_ceiling": 1.0}]
@@ -197,13 +213,16 @@ def main(argv=None):
         "max-norm projection": (plain_cfg, base.replace(max_norm=3.0)),
         "dropout (0.2 / 0.5)": (ModelConfig(hidden=profile.hidden, dropout_input=0.2, dropout_hidden=0.5), base),
     }
-    # Round-robin repetitions, fastest kept: the machine's speed drifts by 10-20 % over minutes,
+    # Round-robin repetitions, fastest kept: the machine's speed drifts by 10-25 % over minutes,
     # and measuring every configuration in each round keeps that drift out of the ratios.
     best = {}
     subset = Split(train.X[:args.train_images], train.y[:args.train_images])
     for _ in range(args.rounds):
+        ceiling = max(ceiling, gemm_ceiling(widths, batch, device, seconds=1.0))  # in the rounds too
         for name, (mc, tc) in {**configs, **isolated}.items():
             best[name] = min(best.get(name, float("inf")), time_fit(mc, tc, subset, val, device))
+    rows[0].update({"ms_per_step": 1e3 * flops / ceiling, "steps_per_s": ceiling / flops,
+                    "samples_per_s": batch * ceiling / flops, "gflops": ceiling / 1e9})
     plain = best["fit: plain (no regularizer)"]
     for name in configs:
         add(name, best[name])
@@ -212,38 +231,66 @@ def main(argv=None):
         overhead_rows.append({"regularizer": name, "ms_per_step": 1e3 * best[name], "overhead": best[name] / plain - 1})
         print(f"  overhead of {name}: {100 * (best[name] / plain - 1):+.1f} %", flush=True)
     naive = add("naive: DataLoader(torchvision MNIST, ToTensor)", naive_baseline(widths, batch, args.naive_steps, device, None))
-    speedup_batched = batched_gemm_speedup(widths, batch, 4, device)
+
+    print(f"\nK runs trained together at {'-'.join(map(str, paper_widths))}, batch {PAPER_BATCH}", flush=True)
+    member = member_rows(device, args.rounds, paper_ceiling)
+    if device.type != "cuda":
+        why = ("CUDA is not available on this machine" if not torch.cuda.is_available()
+               else f"--device {device} was asked for")
+        print(f"  CUDA rows (K = 1, 6, 18 with the CUDA-graph step) skipped: {why}", flush=True)
 
     import pandas as pd
 
     table = pd.DataFrame(rows).set_index("what")
     over = pd.DataFrame(overhead_rows).set_index("regularizer")
+    members = pd.DataFrame(member).set_index(["device", "members"])
     pd.set_option("display.width", 160)
-    print("\nThroughput (matrix-product FLOPs per second; of_ceiling = share of the ceiling)")
+    print(f"\nDevice {device} ({where}); ceiling {ceiling / 1e9:.1f} GFLOP/s at the quick shape, "
+          f"{paper_ceiling / 1e9:.1f} GFLOP/s at the paper shape")
+    print(f"\nThroughput at {'-'.join(map(str, widths))}, batch {batch} "
+          "(matrix-product FLOPs per second; of_ceiling = share of the ceiling)")
     print(table.to_string(float_format=lambda v: f"{v:,.2f}"))
     print("\nRegularizer overhead per step, relative to plain fit")
     print(over.to_string(float_format=lambda v: f"{v:+.1%}" if abs(v) < 5 else f"{v:.2f}"))
+    print(f"\nK runs trained together at {'-'.join(map(str, paper_widths))}, batch {PAPER_BATCH} "
+          "(one train_step with L2; of_ceiling per run against the paper-shape ceiling; vs_K1 = speed-up per run)")
+    print(members.to_string(float_format=lambda v: f"{v:,.3f}"))
     verdict = {
         "plain fit / ceiling": flops / plain / ceiling,
         "worst regularizer overhead": over["overhead"].max(),
         "fit / naive speed-up": naive / plain,
-        "4 models batched / sequential (products alone)": speedup_batched,
     }
+    per_run = {k: row["ms_per_step_per_run"] for (_, k), row in members.iterrows()}
+    verdict[f"{device.type} K = 6 vs K = 1, per run"] = per_run[1] / per_run[6]
+    if 18 in per_run:
+        verdict["cuda K = 18 per run vs 1.9 ms before the engine"] = BEFORE_MS_PER_RUN / per_run[18]
     print("\nSummary")
     for key, value in verdict.items():
         print(f"  {key}: {value:.2f}")
-    print(f"  targets: plain fit >= 0.80 of ceiling: {'met' if verdict['plain fit / ceiling'] >= 0.8 else 'NOT met'}; "
-          f"overhead <= 15 %: {'met' if verdict['worst regularizer overhead'] <= 0.15 else 'NOT met'}; "
+    share = verdict["plain fit / ceiling"]
+    print(f"  plain fit / ceiling >= 0.75: {'met' if share >= 0.75 else 'NOT met'} ({share:.2f}, same run)")
+    print(f"  worst regularizer overhead <= 15 %: {'met' if verdict['worst regularizer overhead'] <= 0.15 else 'NOT met'}; "
           f"fit >= 10x naive: {'met' if verdict['fit / naive speed-up'] >= 10 else 'NOT met'}")
+    if 18 in per_run:
+        print(f"  cuda K = 18 >= 8x below 1.9 ms per step per run: "
+              f"{'met' if BEFORE_MS_PER_RUN / per_run[18] >= 8 else 'NOT met'}")
+    else:
+        print("  cuda K = 18 >= 8x below 1.9 ms per step per run: not measured (no CUDA)")
     OUT.mkdir(parents=True, exist_ok=True)
     table.to_csv(OUT / "bench_training.csv")
     over.to_csv(OUT / "bench_overhead.csv")
-    meta = {"device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "widths": widths, "batch": batch, "gflop_per_step": flops / 1e9}
+    members.to_csv(OUT / "bench_members.csv")
+    meta = {"device": str(device), "device_name": where, "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "widths": widths, "batch": batch, "gflop_per_step": flops / 1e9,
+            "ceiling_gflops": ceiling / 1e9, "paper_widths": paper_widths, "paper_batch": PAPER_BATCH,
+            "paper_ceiling_gflops": paper_ceiling / 1e9, "rounds": args.rounds,
+            "train_images": args.train_images, "seconds": time.perf_counter() - began}
     (OUT / "bench_training.json").write_text(json.dumps(
         {"meta": meta, "throughput": table.reset_index().to_dict("records"),
-         "overhead": over.reset_index().to_dict("records"), "summary": verdict}, indent=2))
-    print(f"\nwritten: {OUT / 'bench_training.csv'}, {OUT / 'bench_overhead.csv'}, {OUT / 'bench_training.json'}")
+         "overhead": over.reset_index().to_dict("records"), "members": members.reset_index().to_dict("records"),
+         "summary": verdict}, indent=2))
+    print(f"\nwritten: {OUT / 'bench_training.csv'}, {OUT / 'bench_overhead.csv'}, {OUT / 'bench_members.csv'}, "
+          f"{OUT / 'bench_training.json'} ({time.perf_counter() - began:.0f} s)")
     return 0
 
 

@@ -593,16 +593,25 @@ def plot_lr_study(table, chosen: dict | None = None, title=None):
             lr, value = chosen[name]
             pick = rows[(rows["lr"] == lr) & (rows["value"] == value)]["val_error_pct"].mean()
             err_ax.plot(lr, pick, "k*", ms=11, zorder=5)
-    err_ax.set(xscale="log", yscale="log", xlabel="learning rate (log)", ylabel="validation error (%, log)",
-               title="Validation error (×: diverged, ★: chosen)")
-    cap_ax.set(xscale="log", xlabel="learning rate (log)", ylabel="units at the cap, peak (%)",
-               title="Max-norm: does the cap bind?", ylim=(-3, 103))
-    dead_ax.set(xscale="log", xlabel="learning rate (log)", ylabel="dead hidden units (%)",
-                title="Units that never fire on validation", ylim=(-3, 103))
+    err_ax.set(yscale="log", ylabel="validation error (%, log)", title="Validation error (×: diverged, ★: chosen)")
+    _plain_log_ticks(err_ax.yaxis)
+    cap_ax.set(ylabel="units at the cap, peak (%)", title="Max-norm: does the cap bind?", ylim=(-3, 103))
+    dead_ax.set(ylabel="dead hidden units (%)", title="Units that never fire on validation", ylim=(-3, 103))
+    for ax in axes:
+        ax.set(xscale="log", xlabel="learning rate (log)", xticks=sorted(table["lr"].unique()))
+        _plain_log_ticks(ax.xaxis)
     _legend_in_spare_slot(fig, spare, *err_ax.get_legend_handles_labels(), ncol_below=2, fontsize=8)
     if title:
         fig.suptitle(title)
     return fig
+
+
+def _plain_log_ticks(axis) -> None:
+    """Tick labels of a log axis as plain numbers (0.01, 0.3, 1), without minor-tick labels."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def plot_l1_tradeoff(table, title=None):
@@ -613,9 +622,9 @@ def plot_l1_tradeoff(table, title=None):
     fig, ax = plt.subplots(figsize=(0.75 * PAGE_WIDTH, 3.2))
     color = method_styles(["L2 + L1 (late)"])["L2 + L1 (late)"]["color"]
     ax.plot(frame["near_zero_pct"], frame["val_error_pct"], "o-", color=color)
-    for row in frame.itertuples():
+    for k, row in enumerate(frame.itertuples()):  # labels alternate above and below the line
         ax.annotate(f"λ₁ = {row.l1:g}", (row.near_zero_pct, row.val_error_pct), textcoords="offset points",
-                    xytext=(6, 4), fontsize=8)
+                    xytext=(6, 6 if k % 2 == 0 else -12), fontsize=8)
     ax.set(xlabel="weights below 10⁻³ at the end (%)", ylabel="validation error (%)",
            title=title or "What late L1 buys (sparsity) and costs (error)")
     ax.margins(x=0.15, y=0.15)
