@@ -234,7 +234,8 @@ def search(methods, grid: dict, data: Splits, *, seeds=(0,), **sweep_kwargs):
         mine = table[table["method"] == method.name]
         means = mine.groupby(names)["val_error_pct"].mean().sort_index()  # sorted: ties → smallest
         best = means.idxmin() if len(names) > 1 else (means.idxmin(),)
-        chosen.append(method.replace(**dict(zip(names, best))))
+        plain = [v.item() if hasattr(v, "item") else v for v in best]  # numpy scalars → Python numbers
+        chosen.append(method.replace(**dict(zip(names, plain))))
     if len(table):
         table["chosen"] = [all(row[f] == getattr(c.train, f) for f in fields[row["method"]])
                            for row, c in zip(table.to_dict("records"),

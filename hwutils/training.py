@@ -312,7 +312,7 @@ def fit_members(models, train: Split, val: Split, configs, *, names=None, progre
     shuffles = [torch.Generator().manual_seed(c.seed) for c in configs]
     epochs, bs, n = configs[0].epochs, configs[0].batch_size, len(train)
     steps = math.ceil(n / bs)
-    base_lr = torch.tensor([c.lr for c in configs])
+    base_lr = torch.tensor([float(c.lr) for c in configs], dtype=torch.float32)  # float32 whatever c.lr's type
     cap = torch.tensor([math.inf if c.max_norm is None else c.max_norm for c in configs], device=device)
     step = lambda idx, lr: train_step(net, train, idx, lr, regularizers, optimizer)
     if cuda_graph is None:
@@ -329,7 +329,7 @@ def fit_members(models, train: Split, val: Split, configs, *, names=None, progre
         order = torch.stack([torch.randperm(n, generator=g) for g in shuffles]).to(device)
         first = (epoch - 1) * steps
         factors = torch.tensor([[_lr_factor(c, s, epochs * steps) for c in configs]
-                                for s in range(first, first + steps)])
+                                for s in range(first, first + steps)], dtype=torch.float32)
         lrs = (factors * base_lr * torch.tensor(active, dtype=torch.float32)).to(device).view(steps, k, 1, 1)
         for r in regularizers:
             r.start_epoch(epoch - 1, epochs)

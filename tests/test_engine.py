@@ -115,3 +115,20 @@ def test_runs_that_cannot_share_a_step_are_trained_in_separate_groups(moons, mon
     run_sweep([TINY, longer, wider, TINY.variant("tiny + L2", l2=1e-3)], moons, seeds=(0,), results_dir=None,
               together=True, progress=False)
     assert sorted(sizes) == [1, 1, 2]
+
+
+def test_a_learning_rate_given_as_a_numpy_scalar_trains_exactly_as_a_python_float(noisy):
+    # A search hands back its choice from a pandas index (numpy.float64); the run must not change.
+    import numpy as np
+
+    histories = [fit(_model(0), noisy.train, noisy.val, BASE.replace(epochs=3, lr=lr), progress=False)
+                 for lr in (0.1, np.float64(0.1))]
+    assert histories[0].iter_loss == histories[1].iter_loss
+
+
+def test_the_search_hands_back_plain_python_numbers(moons):
+    from hwutils.experiments import search
+
+    chosen, _ = search([TINY], {"tiny": {"lr": (0.01, 0.1), "l2": (0.0, 1e-3)}}, moons, results_dir=None,
+                       progress=False)
+    assert type(chosen[0].train.lr) is float and type(chosen[0].train.l2) is float
