@@ -331,7 +331,7 @@ def methods_frame(methods) -> "pd.DataFrame":
     import pandas as pd
 
     return pd.DataFrame([{
-        "method": m.name, "hidden": "-".join(map(str, m.model.hidden)),
+        "method": m.name, "hidden": "-\u200b".join(map(str, m.model.hidden)),  # may break after "-"
         "dropout (in/hidden)": f"{m.model.dropout_input:g} / {m.model.dropout_hidden:g}",
         "L2 λ": m.train.l2, "L1 λ": m.train.l1,
         "L1 on for last": f"{m.train.l1_last_fraction:.0%}" if m.train.l1 else "",
