@@ -99,12 +99,13 @@ MNIST_PROFILES = {
     # Seconds: proves the notebook runs end to end (CI).
     "smoke": MnistProfile(hidden=(64, 64), epochs=2, dropout_epochs=2, train_subset=2000, val_subset=1000,
                           test_subset=1000, search_train=1000, lr_grid=(0.03, 0.3)),
-    # The default of `make report`: about 12 minutes on a 2-core CPU whose matrix-product ceiling
-    # is 200 GFLOP/s (`make bench`): 784-800-800-10 steps of 128 take ~5.5 ms there, 2.3 s per
-    # epoch of 50,000 images with validation. Final runs: 4 x 20 + 3 x 50 = 230 epochs (~9 min,
-    # with the control "L2, dropout's epochs"). The search is reduced to 10,000 training / 5,000
-    # validation images and 8 epochs (12 with dropout): 5 learning rates x 2 constants for four
-    # methods, 4 + 3 runs for the L1 and KL constants, ~4 min.
+    # The default of `make report`, on 2 CPU cores. Measured on a host whose matrix-product ceiling
+    # was 147 GFLOP/s (`make bench`): 6.9 ms per step of 128 at 784-800-800-10, 3.5 s per epoch of
+    # 50,000 images with validation; final runs 4 x 20 + 3 x 50 = 230 epochs (with the control
+    # "L2, dropout's epochs") in 13.5 min; the search, reduced to 10,000 training / 5,000
+    # validation images and 8 epochs (12 with dropout) - 5 learning rates x 2 constants for four
+    # methods, 4 + 3 runs for the L1 and KL constants, 4 diagnosis runs - in about 6.5 min. About
+    # 15 min at 200 GFLOP/s: over the 12 min aimed at (drop a learning rate or dropout epochs).
     "quick": MnistProfile(hidden=(800, 800), epochs=20, dropout_epochs=50, search_train=10_000,
                           search_val=5_000, search_epochs=8, search_dropout_epochs=12),
     # A workstation or a small GPU: wider net, longer training, three seeds, the search on all data
