@@ -297,12 +297,12 @@ def choices_at_edge(table, grid: dict) -> list[tuple[str, str, float, str]]:
     at an edge of its grid (the optimum may lie beyond it)."""
     edges = []
     for name, spec in grid.items():
-        for field, values in (dict([spec]) if isinstance(spec, tuple) else dict(spec)).items():
-            picked = table[(table["method"] == name) & table["chosen"]][field]
+        for searched, values in (dict([spec]) if isinstance(spec, tuple) else dict(spec)).items():
+            picked = table[(table["method"] == name) & table["chosen"]][searched]
             if len(values) > 1 and len(picked):
                 value = picked.iloc[0]
                 if value in (min(values), max(values)):
-                    edges.append((name, field, value, "smallest" if value == min(values) else "largest"))
+                    edges.append((name, searched, value, "smallest" if value == min(values) else "largest"))
     return edges
 
 

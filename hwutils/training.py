@@ -12,11 +12,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-import warnings
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 from .data import Split

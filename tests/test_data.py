@@ -1,7 +1,5 @@
 import gzip
 import os
-import hashlib
-import shutil
 
 import numpy as np
 import pytest

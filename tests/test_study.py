@@ -2,9 +2,7 @@
 comparison of methods against noise - on tiny data the tests build."""
 import math
 
-import pandas as pd
 import pytest
-import torch
 
 from hwutils.diagnostics import regularizer_activity, unit_norms
 from hwutils.experiments import (Method, RunResult, choices_at_edge, compare_to_noise, ranking_text, run_sweep,
