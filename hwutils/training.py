@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -241,16 +242,17 @@ def train_step(net: StackedMLP, train: Split, idx: torch.Tensor, lr: torch.Tenso
 class _ReplayedStep:
     """:func:`train_step` captured once as a CUDA graph and replayed: one launch per step instead
     of one per kernel. Inputs go through static tensors; the first ``warmup`` steps run eagerly
-    (on a side stream, as capture requires). A minibatch of another size runs eagerly."""
+    (on a side stream, as capture requires). A minibatch of another size runs eagerly, and so does
+    every step after a capture that fails (with a warning saying why)."""
 
     def __init__(self, step, idx_shape, k: int, device, warmup: int = 3):
         self.step, self.warmup = step, warmup
         self.idx = torch.zeros(idx_shape, dtype=torch.long, device=device)
         self.lr = torch.zeros(k, 1, 1, device=device)
-        self.graph, self.loss, self.done = None, None, 0
+        self.graph, self.loss, self.done, self.eager = None, None, 0, False
 
     def __call__(self, idx, lr):
-        if idx.shape != self.idx.shape:
+        if idx.shape != self.idx.shape or self.eager:
             return self.step(idx, lr)
         self.idx.copy_(idx)
         self.lr.copy_(lr)
@@ -263,9 +265,15 @@ class _ReplayedStep:
             self.done += 1
             return loss
         if self.graph is None:
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self.loss = self.step(self.idx, self.lr)
+            try:
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    self.loss = self.step(self.idx, self.lr)
+                self.graph = graph
+            except RuntimeError as err:  # capture changes nothing, so this step can still run eagerly
+                warnings.warn(f"CUDA-graph capture of the training step failed ({err}); training on without it")
+                self.eager = True
+                return self.step(idx, lr)
         self.graph.replay()
         return self.loss
 
