@@ -6,7 +6,7 @@ from torch import nn
 
 from .regularizers import weights
 
-__all__ = ["flat_weights", "near_zero_fraction", "unit_norms", "hidden_activity", "mean_activation",
+__all__ = ["flat_weights", "near_zero_fraction", "unit_norms", "hidden_activity",
            "regularizer_activity", "dead_fraction", "failure_signs"]
 
 
@@ -47,11 +47,6 @@ def hidden_activity(model: nn.Module, X: torch.Tensor, batch_size: int = 4096) -
     model.train(was_training)
     return {"mean_activation": (total_mean / len(X)).cpu(), "active_fraction": (total_active / len(X)).cpu(),
             "mean_tanh": (total_tanh / len(X)).cpu()}
-
-
-def mean_activation(model: nn.Module, X: torch.Tensor) -> float:
-    """Mean ReLU activation over all hidden units and the inputs ``X`` (evaluation mode)."""
-    return float(hidden_activity(model, X)["mean_activation"].mean())
 
 
 def regularizer_activity(results, X_val: torch.Tensor, reference: str = "L2") -> "pd.DataFrame":
