@@ -69,9 +69,15 @@ class RunResult:
         return self.history.wall_seconds
 
 
+#: Training fields added after runs were cached, with the value that trains exactly as before their
+#: time: left out of the key at that value, so that those cached runs stay valid.
+LATER_FIELDS = {"warmup_epochs": 0.0}
+
+
 def run_key(method: Method, data_spec: dict, seed: int) -> str:
     """A short hash of everything that decides a run's outcome."""
-    payload = {"model": dataclasses.asdict(method.model), "train": dataclasses.asdict(method.train),
+    train = {k: v for k, v in dataclasses.asdict(method.train).items() if LATER_FIELDS.get(k, object()) != v}
+    payload = {"model": dataclasses.asdict(method.model), "train": train,
                "data": data_spec, "seed": seed, "cache_version": CACHE_VERSION}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

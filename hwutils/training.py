@@ -44,7 +44,8 @@ class TrainConfig:
     of the max-norm projection applied after each step (``None``: off). ``patience``: early
     stopping after that many epochs without improvement of ``monitor`` (``None``: off), after
     which the best epoch's weights are restored. The learning rate follows ``lr_schedule`` per
-    step ("cosine": from ``lr`` down to 0 over ``epochs``; "constant").
+    step ("cosine": from ``lr`` down to 0 over ``epochs``; "constant"), times a linear warm-up from
+    ``lr/W`` to ``lr`` over the first W = ``warmup_epochs`` x steps-per-epoch steps (0: none).
     """
 
     epochs: int = 20
@@ -54,6 +55,7 @@ class TrainConfig:
     momentum: float = 0.9
     nesterov: bool = True
     lr_schedule: str = "cosine"
+    warmup_epochs: float = 0.0
     l2: float = 0.0
     l1: float = 0.0
     l1_last_fraction: float = 1.0
@@ -73,6 +75,7 @@ class TrainConfig:
             (self.lr > 0, f"lr must be > 0, got {self.lr}"),
             (0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}"),
             (self.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}"),
+            (0 <= self.warmup_epochs < self.epochs, f"warmup_epochs must be in [0, epochs), got {self.warmup_epochs}"),
             (self.l2 >= 0 and self.l1 >= 0 and self.kl >= 0, "penalty coefficients l2, l1, kl must be >= 0"),
             (0 < self.kl_rho < 1, f"kl_rho must be in (0, 1), got {self.kl_rho}"),
             (0 <= self.l1_last_fraction <= 1, f"l1_last_fraction must be in [0, 1], got {self.l1_last_fraction}"),
@@ -186,10 +189,12 @@ def evaluate(model: MLP, split: Split, batch_size: int = 4096) -> tuple[float, f
     return float(loss[0]), float(error[0])
 
 
-def _lr_factor(config: TrainConfig, step: int, total_steps: int) -> float:
-    if config.lr_schedule == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * step / total_steps))
-    return 1.0
+def _lr_factor(config: TrainConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
+    """The learning rate of ``step`` (from 0) as a fraction of ``config.lr``: the schedule, times a
+    linear ramp from 1/W to 1 over the first W = ``warmup_epochs · steps_per_epoch`` steps."""
+    factor = 0.5 * (1 + math.cos(math.pi * step / total_steps)) if config.lr_schedule == "cosine" else 1.0
+    warmup = config.warmup_epochs * steps_per_epoch
+    return factor * min(1.0, (step + 1) / warmup) if warmup else factor
 
 
 class MemberOptimizer:
@@ -311,6 +316,8 @@ def fit_members(models, train: Split, val: Split, configs, *, names=None, progre
         raise ValueError(f"train is on {train.X.device} but val is on {val.X.device}; put both on one device")
     names = list(names or [f"run {k}" for k in range(len(models))])
     device, k = train.X.device, len(models)
+    for model in models:  # trained where the data is, and left there (as fit leaves its model)
+        model.to(device)
     net = StackedMLP.from_models(models).to(device)
     regularizers = member_regularizers(configs, device)
     optimizer = MemberOptimizer([*net.weights, *net.biases], configs)
@@ -334,7 +341,7 @@ def fit_members(models, train: Split, val: Split, configs, *, names=None, progre
         net.train()
         order = torch.stack([torch.randperm(n, generator=g) for g in shuffles]).to(device)
         first = (epoch - 1) * steps
-        factors = torch.tensor([[_lr_factor(c, s, epochs * steps) for c in configs]
+        factors = torch.tensor([[_lr_factor(c, s, epochs * steps, steps) for c in configs]
                                 for s in range(first, first + steps)], dtype=torch.float32)
         lrs = (factors * base_lr * torch.tensor(active, dtype=torch.float32)).to(device).view(steps, k, 1, 1)
         for r in regularizers:

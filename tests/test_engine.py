@@ -132,3 +132,31 @@ def test_the_search_hands_back_plain_python_numbers(moons):
     chosen, _ = search([TINY], {"tiny": {"lr": (0.01, 0.1), "l2": (0.0, 1e-3)}}, moons, results_dir=None,
                        progress=False)
     assert type(chosen[0].train.lr) is float and type(chosen[0].train.l2) is float
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_cuda_runs_trained_together_come_back_on_the_device_and_the_search_reads_them(moons):
+    from hwutils.data import Split, Splits
+    from hwutils.experiments import search
+
+    on = lambda s: Split(s.X.cuda(), s.y.cuda())
+    data = Splits(on(moons.train), on(moons.val), on(moons.test))
+    results = run_sweep([TINY, TINY.variant("tiny L2", l2=1e-3)], data, results_dir=None, progress=False,
+                        together=True)
+    assert all(next(r.model.parameters()).is_cuda for r in results)
+    chosen, table = search([TINY], {"tiny": {"lr": (0.01, 0.1)}}, data, results_dir=None, progress=False)
+    assert table["dead_pct"].notna().all()
+
+
+def test_a_training_field_added_later_keeps_old_cache_keys_at_its_neutral_value_and_changes_them_otherwise():
+    import dataclasses, hashlib, json
+
+    from hwutils.experiments import CACHE_VERSION
+
+    plain = dataclasses.asdict(TINY.train)
+    del plain["warmup_epochs"]  # the key as it was computed before warm-up existed
+    before = hashlib.sha256(json.dumps({"model": dataclasses.asdict(TINY.model), "train": plain, "data": {},
+                                        "seed": 0, "cache_version": CACHE_VERSION}, sort_keys=True,
+                                       default=str).encode()).hexdigest()[:16]
+    assert run_key(TINY, {}, 0) == before
+    assert run_key(TINY.replace(warmup_epochs=1), {}, 0) != before

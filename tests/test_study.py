@@ -125,3 +125,36 @@ def test_with_several_seeds_differences_are_paired_by_seed():
     row = compare_to_noise(results, n_test=10_000).iloc[0]
     assert row.basis == "paired over 3 seeds" and row.difference == pytest.approx(0.1)
     assert row.se == pytest.approx(0.0, abs=1e-9) and row.exceeds_noise
+
+
+def test_warm_up_keeps_the_units_alive_that_learning_rate_0_3_kills_in_the_first_steps(mnist_dir):
+    # Momentum SGD at full rate from random weights pushes many ReLU units below zero for every image
+    # within the first epoch, for good; Part 3 ramps the rate up over its first epoch instead.
+    from hwutils.data import Splits
+    from hwutils.diagnostics import dead_fraction
+    from hwutils.profiles import WARMUP_EPOCHS
+
+    profile = MNIST_PROFILES["quick"]
+    full = mnist_splits(profile, root=mnist_dir, device="cpu")
+    data = Splits(full.train.subset(10_000), full.val.subset(2_000), full.test.subset(100))
+    l2 = next(m for m in mnist_methods(profile) if m.name == "L2").replace(lr=0.3, epochs=2)
+    assert l2.train.warmup_epochs == WARMUP_EPOCHS >= 1
+    dead = {}
+    for w in (0.0, WARMUP_EPOCHS):
+        runs = run_sweep([l2.replace(warmup_epochs=w)], data, seeds=(0, 1, 2, 3), results_dir=None, progress=False,
+                         evaluate_test=False)
+        dead[w] = sorted(dead_fraction(r.model, data.train.X[:5000]) for r in runs)
+    assert dead[0.0][2] > 0.10          # without warm-up, most seeds lose over a tenth of their units
+    assert max(dead[WARMUP_EPOCHS]) < 0.02
+
+
+def test_the_learning_rate_warms_up_linearly_then_follows_its_schedule():
+    from hwutils.training import _lr_factor
+
+    config = TrainConfig(epochs=10, lr_schedule="constant", warmup_epochs=2)
+    factors = [_lr_factor(config, s, 10 * 5, 5) for s in range(50)]
+    assert factors[:10] == pytest.approx([(s + 1) / 10 for s in range(10)]) and set(factors[10:]) == {1.0}
+    cosine = TrainConfig(epochs=10, warmup_epochs=1)
+    assert _lr_factor(cosine, 30, 50, 5) == pytest.approx(0.5 * (1 + math.cos(math.pi * 30 / 50)))
+    with pytest.raises(ValueError, match="warmup_epochs"):
+        TrainConfig(epochs=2, warmup_epochs=2)
