@@ -32,3 +32,11 @@ def test_notebook_has_one_parameters_cell_with_a_profile(path):
 def test_notebook_defines_no_training_loop(path):
     code = "".join("".join(c["source"]) for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code")
     assert ".backward(" not in code and "optimizer.step(" not in code, "training belongs in hwutils.training"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_code_cell_is_valid_python(path):
+    # A syntax error would otherwise show only when the report is built, after the cells before it ran.
+    for i, cell in enumerate(json.loads(path.read_text())["cells"]):
+        if cell["cell_type"] == "code":
+            compile("".join(cell["source"]), f"{path.name}, cell {i}", "exec")
