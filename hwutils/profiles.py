@@ -15,7 +15,8 @@ from .training import TrainConfig
 __all__ = [
     "PROFILES", "check_profile",
     "AdamProfile", "ADAM_PROFILES", "adam_profile",
-    "MnistProfile", "MNIST_PROFILES", "MNIST_CONSTANTS", "WARMUP_EPOCHS", "LR_STUDY", "mnist_search_grids", "mnist_profile",
+    "MnistProfile", "MNIST_PROFILES", "MNIST_CONSTANTS", "WARMUP_EPOCHS", "LR_STUDY", "mnist_search_grids",
+    "mnist_profile",
     "mnist_methods", "inherit_l2", "final_methods", "LONG_L2",
     "mnist_data_spec", "mnist_splits", "TABLE9_TEST_ERROR",
     "PointCloudProfile", "POINT_CLOUD_PROFILES", "point_cloud_profile", "point_cloud_methods",
@@ -127,9 +128,8 @@ MNIST_PROFILES = {
 }
 
 #: Epochs of linear learning-rate warm-up of every Part 3 method. Without it, the first steps at
-#: learning rate 0.3 (momentum 0.9) leave about a third of the hidden units dead for good (a
-#: test in tests/test_study.py pins it), and which units die - hence the final error - varies from run
-#: to run.
+#: learning rate 0.3 (momentum 0.9) leave up to about a third of the hidden units dead for good (a
+#: test in tests/test_study.py pins it), and how many die varies from seed to seed.
 WARMUP_EPOCHS = 1
 
 #: Each method's own constant, searched on the validation split together with the learning rate
