@@ -25,7 +25,7 @@ from .training import History, TrainConfig, evaluate, fit_members
 
 __all__ = [
     "Method", "RunResult", "run", "run_sweep", "results_frame", "summarize", "search", "choices_at_edge",
-    "run_facts", "compare_to_noise", "ranking_text",
+    "run_facts", "compare_to_noise", "ranking_text", "grid_fields",
     "methods_frame",
     "format_summary", "COLUMN_LABELS",
 ]
@@ -197,6 +197,12 @@ def summarize(results, order=None) -> "pd.DataFrame":
     return summary
 
 
+def grid_fields(spec) -> dict:
+    """One method's entry of a :func:`search` grid as ``{field: values}``: ``("l2", (1e-5, 1e-4))``
+    and ``{"lr": (...), "l2": (...)}`` are both accepted there."""
+    return dict([spec]) if isinstance(spec, tuple) else dict(spec)
+
+
 def search(methods, grid: dict, data: Splits, *, seeds=(0,), **sweep_kwargs):
     """Choose training constants per method on the validation split.
 
@@ -215,7 +221,7 @@ def search(methods, grid: dict, data: Splits, *, seeds=(0,), **sweep_kwargs):
 
     import pandas as pd
 
-    fields = {name: dict([spec]) if isinstance(spec, tuple) else dict(spec) for name, spec in grid.items()}
+    fields = {name: grid_fields(spec) for name, spec in grid.items()}
     candidates, owner = [], []
     for method in methods:
         for combo in itertools.product(*fields.get(method.name, {}).values()):
@@ -303,7 +309,7 @@ def choices_at_edge(table, grid: dict) -> list[tuple[str, str, float, str]]:
     at an edge of its grid (the optimum may lie beyond it)."""
     edges = []
     for name, spec in grid.items():
-        for searched, values in (dict([spec]) if isinstance(spec, tuple) else dict(spec)).items():
+        for searched, values in grid_fields(spec).items():
             picked = table[(table["method"] == name) & table["chosen"]][searched]
             if len(values) > 1 and len(picked):
                 value = picked.iloc[0]
