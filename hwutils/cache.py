@@ -3,35 +3,74 @@
 A run is stored under ``<results_dir>/<method>-<key>.json`` and ``.pt``, where ``key`` is the hash
 of everything that decides its outcome (:func:`hwutils.experiments.run_key`).
 
+* A record proves what it is: it carries the record :data:`SCHEMA_VERSION`, its own ``key`` and
+  ``method`` (which must give back its file name) and the sha256 of its weight file
+  (``weights_sha256``; ``null`` for a run imported without weights, which then has no ``.pt``).
+  :func:`load_run` checks all of that, every field's type (:func:`check_record`) and, given the
+  run's model, that the weights fit its architecture - before anything is used. So a record or
+  weight file of another run in a run's place is never loaded under its name.
+* A cached run that fails any check or cannot be read never blocks a build: :func:`load_run`
+  names it in one warning line, moves its files aside to ``<file>.corrupt`` (``<file>.stale`` for
+  a record of an older schema) and returns ``None``, so the caller retrains that run.
 * Writes are atomic: each goes to a temporary file with a unique name in the same folder (so two
   processes writing the same run never share one), then is renamed over the final name. An
   interrupted build leaves either a whole file or none; concurrent writers leave a loadable run.
-* A cached run that cannot be read (truncated or corrupt JSON or weights) never blocks a build:
-  :func:`load_run` names it in one warning line, moves its files aside to ``<file>.corrupt`` and
-  returns ``None``, so the caller retrains that run.
-* :func:`check_writable` checks a results folder up front, before any training.
+  A write that fails (disk full, read-only folder) is one :class:`CacheError` line naming the
+  folder and, when the disk is full, how much was free.
+* :func:`check_writable` checks a folder up front, before any training.
 """
 from __future__ import annotations
 
+import dataclasses
+import errno
+import hashlib
+import io
 import json
 import os
+import re
+import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
-__all__ = ["run_stem", "load_run", "save_run", "atomic_write", "check_writable", "CacheError"]
+from .training import History
+
+__all__ = ["SCHEMA_VERSION", "run_stem", "load_run", "save_run", "check_record", "atomic_write",
+           "check_writable", "write_failure", "full_disk", "CacheError", "RecordError", "StaleRecordError"]
+
+#: The format of a record. 2: records carry ``schema``, ``weights_sha256`` and are checked on load
+#: (records without ``schema`` are older: set aside as stale and retrained).
+SCHEMA_VERSION = 2
+
+#: History fields a record must hold: without them the report cannot read the run.
+_HISTORY_REQUIRED = ("train_loss", "val_loss", "val_error", "epoch_seconds", "best_epoch")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_RESULTS_FIX = "or set results_dir to a folder elsewhere (e.g. -p results_dir /tmp/hw3-results)"
 
 
 class CacheError(RuntimeError):
     """The results folder cannot be used; the message names it and the fix."""
 
 
+class RecordError(ValueError):
+    """A run's record is not a valid record of that run; the message says what is wrong (one line)."""
+
+
+class StaleRecordError(RecordError):
+    """A run's record was written in another record schema (an older hwutils)."""
+
+
 def run_stem(results_dir, method_name: str, key: str) -> Path:
     """Path of a run's files without suffix: ``<results_dir>/<method>-<key>``."""
     return Path(results_dir) / f"{method_name.replace(' ', '_').replace('+', 'p')}-{key}"
+
+
+def _stem_key(stem: Path) -> str:
+    return stem.name.rsplit("-", 1)[-1]
 
 
 def atomic_write(path: Path, write) -> None:
@@ -50,6 +89,26 @@ def atomic_write(path: Path, write) -> None:
         raise
 
 
+def full_disk(err: BaseException) -> bool:
+    """Whether ``err`` says the disk (or the user's quota) is full."""
+    return isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def write_failure(folder, err: OSError) -> str:
+    """What a failed write into ``folder`` means, in words: "no space left on device writing
+    <folder> (N MB free)", or "cannot write <folder>: <reason>"."""
+    folder = Path(folder)
+    if full_disk(err):
+        try:
+            mb = shutil.disk_usage(folder).free / 2**20
+            free = f"{mb:.1f} MB free" if mb < 10 else f"{mb:.0f} MB free"
+        except OSError:
+            free = "free space unknown"
+        quota = " (disk quota)" if err.errno == errno.EDQUOT else ""
+        return f"no space left on device writing {folder} ({free}){quota}"
+    return f"cannot write {folder}: {err.strerror or type(err).__name__}"
+
+
 def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr, flush=True)
 
@@ -62,71 +121,236 @@ def _reason(err: BaseException) -> str:
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
-def _set_aside(bad: Path, reason: str, *paths: Path) -> None:
-    """Report ``bad`` in one line and rename each of ``paths`` that exists to ``<path>.corrupt``."""
+class _Unusable(Exception):
+    """Internal: the cached run ``path`` cannot be used; ``problem`` completes "cached run <path> ..."."""
+
+    def __init__(self, path: Path, problem: str, suffix: str = ".corrupt", retry: bool = False):
+        super().__init__(problem)
+        self.path, self.problem, self.suffix, self.retry = path, problem, suffix, retry
+
+
+def _set_aside(bad: _Unusable, *paths: Path) -> None:
+    """Report ``bad`` in one line and rename each of ``paths`` that exists to ``<path><suffix>``."""
     moved, failed = [], []
     for p in paths:
         try:
-            os.replace(p, p.with_name(p.name + ".corrupt"))
+            os.replace(p, p.with_name(p.name + bad.suffix))
             moved.append(p)
         except FileNotFoundError:
             pass
         except OSError as err:
             failed.append(f"{p} ({err.strerror})")
-    what = (f"moving it aside to {bad}.corrupt" if moved else "could not move it aside: " + ", ".join(failed)
+    what = (f"moving it aside to {bad.path}{bad.suffix}" if moved else "could not move it aside: " + ", ".join(failed)
             if failed else "it is gone")
-    _warn(f"cached run {bad} is unreadable ({reason}); {what} and retraining")
+    _warn(f"cached run {bad.path} {bad.problem}; {what} and retraining")
 
 
-def load_run(stem: Path):
-    """``(record, state_dict)`` of a cached run, or ``None`` when it is not cached or unreadable.
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
-    An unreadable run (truncated/corrupt JSON or weights, a record that is not a JSON object) is
-    named in one warning line on stderr and its files are renamed to ``<file>.corrupt``; the caller
-    then retrains it.
-    """
-    stem = Path(stem)
+
+def _type_name(value) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _check_history(history: dict) -> None:
+    fields = {f.name: f for f in dataclasses.fields(History)}
+    unknown = sorted(set(history) - set(fields))
+    if unknown:
+        raise RecordError(f"its history has unknown field(s) {', '.join(unknown)}")
+    missing = [name for name in _HISTORY_REQUIRED if name not in history]
+    if missing:
+        raise RecordError(f"its history lacks {', '.join(missing)}")
+    for name, value in history.items():
+        f = fields[name]
+        if f.default_factory is list:
+            if not isinstance(value, list) or not all(_is_number(v) for v in value):
+                raise RecordError(f"its history's {name} is not a list of numbers")
+        elif isinstance(f.default, bool):
+            if not isinstance(value, bool):
+                raise RecordError(f"its history's {name} is a {_type_name(value)}, not true/false")
+        elif isinstance(f.default, int) and (not isinstance(value, int) or isinstance(value, bool)):
+            raise RecordError(f"its history's {name} is a {_type_name(value)}, not an integer")
+    if not 0 <= history["best_epoch"] <= len(history["val_error"]):
+        raise RecordError(f"its history's best_epoch {history['best_epoch']} is not one of its "
+                          f"{len(history['val_error'])} epochs")
+
+
+def check_record(record, expected_key: str) -> None:
+    """Raise a one-line :class:`RecordError` unless ``record`` is a valid record of the run
+    ``expected_key``: this :data:`SCHEMA_VERSION` (else :class:`StaleRecordError`), its ``key``,
+    and every field the report reads, of the right type - ``method`` (text), ``seed`` (integer),
+    ``val_error`` (number), ``test_error`` (number or null), ``config`` (with ``model`` and
+    ``train``), ``history`` (a :class:`~hwutils.training.History`), ``weights_sha256`` (64 hex
+    digits, or null for a run without weights). Other fields are allowed."""
+    if not isinstance(record, dict):
+        raise RecordError(f"the record is a JSON {_type_name(record)}, not an object")
+    if "schema" not in record:
+        raise StaleRecordError(f"has no record schema version (written by an older hwutils; this one "
+                               f"writes version {SCHEMA_VERSION})")
+    if record["schema"] != SCHEMA_VERSION:
+        raise StaleRecordError(f"has record schema {_shown(record['schema'])}, this hwutils reads "
+                               f"version {SCHEMA_VERSION}")
+    kinds = {"key": (str, "text"), "method": (str, "text"), "seed": (int, "an integer"),
+             "val_error": (_is_number, "a number"), "test_error": (lambda v: v is None or _is_number(v),
+                                                                     "a number or null"),
+             "config": (dict, "an object"), "history": (dict, "an object"),
+             "weights_sha256": (lambda v: v is None or (isinstance(v, str) and _SHA256.fullmatch(v)),
+                                "64 hex digits or null")}
+    missing = [name for name in kinds if name not in record]
+    if missing:
+        raise RecordError(f"lacks {', '.join(missing)}")
+    for name, (kind, words) in kinds.items():
+        value = record[name]
+        ok = (isinstance(value, kind) and not isinstance(value, bool)) if isinstance(kind, type) else kind(value)
+        if not ok:
+            raise RecordError(f"its {name} is {_type_name(value)} {_shown(value)}, not {words}")
+    if record["key"] != expected_key:
+        raise RecordError(f"its key is {record['key']}, not {expected_key}: the record of another run")
+    for part in ("model", "train"):
+        if not isinstance(record["config"].get(part), dict):
+            raise RecordError(f"its config lacks the {part} settings")
+    _check_history(record["history"])
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _read_run(stem: Path, model):
+    """``(record, state)`` of the run at ``stem``, ``None`` when it is not (or no longer) there, or
+    :class:`_Unusable`."""
     json_path, weights_path = stem.with_suffix(".json"), stem.with_suffix(".pt")
-    if not (json_path.exists() and weights_path.exists()):
-        return None
     try:
-        record = json.loads(json_path.read_text(encoding="utf-8"))
-        if not isinstance(record, dict):
-            raise ValueError(f"the record is a JSON {type(record).__name__}, not an object")
-    except FileNotFoundError:  # another process set it aside or replaced it just now
+        text = json_path.read_text(encoding="utf-8")
+    except FileNotFoundError:  # not cached, or another process set it aside just now
         return None
-    except (OSError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        _set_aside(json_path, _reason(err), json_path, weights_path)
-        return None
+    except (OSError, ValueError) as err:  # UnicodeDecodeError is a ValueError
+        raise _Unusable(json_path, f"is unreadable ({_reason(err)})") from None
     try:
-        state = torch.load(weights_path, map_location="cpu")
+        record = json.loads(text)
+    except ValueError as err:
+        raise _Unusable(json_path, f"is unreadable ({_reason(err)})") from None
+    try:
+        check_record(record, _stem_key(stem))
+    except StaleRecordError as err:
+        raise _Unusable(json_path, str(err), suffix=".stale") from None
+    except RecordError as err:
+        what = "is unreadable" if not isinstance(record, dict) else "fails its check"
+        raise _Unusable(json_path, f"{what} ({err})") from None
+    if run_stem(stem.parent, record["method"], record["key"]) != stem:
+        raise _Unusable(json_path, f"fails its check (it is the record of method {record['method']!r}, "
+                                   f"not of this file's)")
+    if record["weights_sha256"] is None:  # imported without weights
+        return record, None
+    try:
+        data = weights_path.read_bytes()
+    except FileNotFoundError:
+        if not json_path.exists():  # another process set the run aside just now
+            return None
+        raise _Unusable(json_path, f"fails its check (its weight file {weights_path.name} is missing)") from None
+    except OSError as err:
+        raise _Unusable(weights_path, f"is unreadable ({_reason(err)})") from None
+    if _digest(data) != record["weights_sha256"]:  # or another process is between its two writes
+        raise _Unusable(weights_path, "fails its check (its sha256 is not the one its record names: "
+                                      "the weights of another run, or damaged)", retry=True)
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu")
         if not isinstance(state, Mapping):
             raise ValueError(f"holds a {type(state).__name__}, not a state dict")
-    except FileNotFoundError:
-        return None
     except Exception as err:  # torch raises RuntimeError (PytorchStreamReader), EOFError, UnpicklingError...
-        _set_aside(weights_path, _reason(err), json_path, weights_path)
-        return None
+        raise _Unusable(weights_path, f"is unreadable ({_reason(err)})") from None
+    if model is not None:
+        _load_into(model, state, weights_path)
     return record, state
 
 
-def save_run(stem: Path, record: dict, state_dict: dict) -> None:
-    """Store a run: weights first, then the record (a record without weights never exists)."""
+def _load_into(model: torch.nn.Module, state: Mapping, weights_path: Path) -> None:
+    """``model.load_state_dict(state)``, or :class:`_Unusable` naming the first misfit."""
+    expected = model.state_dict()
+    problem = None
+    if set(state) != set(expected):
+        odd = sorted(set(state) ^ set(expected))
+        problem = f"its weights are not this model's (tensors {', '.join(odd[:3])} differ)"
+    else:
+        for name, tensor in expected.items():
+            got = state[name]
+            if not isinstance(got, torch.Tensor) or got.shape != tensor.shape:
+                shape = "x".join(map(str, got.shape)) if isinstance(got, torch.Tensor) else type(got).__name__
+                problem = (f"its weights are of another architecture ({name} is {shape}, this run's model "
+                           f"needs {'x'.join(map(str, tensor.shape))})")
+                break
+    try:
+        if problem is None:
+            model.load_state_dict(state)
+    except RuntimeError as err:
+        problem = f"its weights do not fit this run's model ({_reason(err)})"
+    if problem is not None:
+        raise _Unusable(weights_path, f"fails its check ({problem})")
+
+
+def load_run(stem: Path, model: torch.nn.Module | None = None):
+    """``(record, state_dict)`` of a cached run, or ``None`` when it is not cached or unusable.
+
+    ``state_dict`` is ``None`` for a run imported without weights (``weights_sha256`` null). With
+    ``model``, the weights are also loaded into it, checked against its architecture. A run that
+    cannot be read or fails a check (:func:`check_record`, its file name, its weights' sha256, the
+    architecture) is named in one warning line on stderr and its files are renamed to
+    ``<file>.corrupt`` (a record of an older schema: ``<file>.stale``); the caller then retrains it.
+    """
     stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(stem.with_suffix(".pt"), lambda p: torch.save(state_dict, p))
-    atomic_write(stem.with_suffix(".json"), lambda p: p.write_text(json.dumps(record), encoding="utf-8"))
+    for attempt in range(2):
+        try:
+            return _read_run(stem, model)
+        except _Unusable as bad:
+            if bad.retry and attempt == 0:
+                time.sleep(0.1)  # a writer puts the weights first, the record a moment later
+                continue
+            _set_aside(bad, stem.with_suffix(".json"), stem.with_suffix(".pt"))
+            return None
 
 
-def check_writable(folder, what: str = "results_dir") -> Path:
-    """The absolute ``folder`` if runs can be written there (it, or the nearest folder above it that
-    exists, accepts a new file); else a one-line :class:`CacheError` with the path and the fix.
-    Nothing is created."""
+def save_run(stem: Path, record: dict, state_dict: Mapping | None) -> None:
+    """Store a run: weights first, then the record, with ``schema`` and ``weights_sha256`` added
+    (``state_dict`` ``None``: a record without weights). A record that is not a valid record of
+    the run at ``stem`` is a :class:`RecordError`; a write that fails, a one-line :class:`CacheError`
+    (nothing half-written is left)."""
+    stem = Path(stem)
+    record = {**record, "schema": SCHEMA_VERSION, "weights_sha256": None}
+    data = None
+    if state_dict is not None:
+        buffer = io.BytesIO()  # bytes, not a file: the same weights give the same bytes and digest
+        torch.save(dict(state_dict), buffer)
+        data = buffer.getvalue()
+        record["weights_sha256"] = _digest(data)
+    check_record(record, _stem_key(stem))
+    if run_stem(stem.parent, record["method"], record["key"]) != stem:
+        raise RecordError(f"a record of method {record['method']!r} does not belong at {stem}")
+    text = json.dumps(record)
+    try:
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        if data is not None:
+            atomic_write(stem.with_suffix(".pt"), lambda p: p.write_bytes(data))
+        atomic_write(stem.with_suffix(".json"), lambda p: p.write_text(text, encoding="utf-8"))
+    except OSError as err:
+        fix = "free some space there" if full_disk(err) else "make it writable"
+        raise CacheError(f"{write_failure(stem.parent, err)}; {fix}, {_RESULTS_FIX}") from None
+
+
+def check_writable(folder, what: str = "results_dir", fix: str | None = None) -> Path:
+    """The absolute ``folder`` if files can be written there (it, or the nearest folder above it that
+    exists, accepts a new file); else a one-line :class:`CacheError` with the path and the fix
+    (``fix``; default: set ``what`` to a writable folder). Nothing is created."""
     folder = Path(os.path.abspath(os.path.expanduser(folder)))
     existing = folder
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
-    fix = f"make it writable, or set {what} to a writable folder (e.g. -p {what} /tmp/hw3-results)"
+    fix = fix or f"make it writable, or set {what} to a writable folder (e.g. -p {what} /tmp/hw3-results)"
     if not existing.is_dir():
         raise CacheError(f"{what} {folder} cannot be created: {existing} is a file, not a folder; {fix}")
     try:

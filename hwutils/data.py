@@ -148,7 +148,7 @@ def _file_names(names) -> str:
 def _where(base: Path) -> str:
     """What ``base`` (a searched folder, with its MNIST/raw and raw subfolders) holds of the four files."""
     if not base.is_dir():
-        return f"{base}: no such folder"
+        return f"{base}: {'a file, not a folder' if base.exists() else 'no such folder'}"
     best = []
     for folder in (base, base / "MNIST" / "raw", base / "raw"):
         present = [n for n in MNIST_FILES if (folder / f"{n}.gz").is_file() or (folder / n).is_file()]
@@ -234,6 +234,11 @@ def find_mnist_dir(root=None, *, download: bool = True) -> dict[str, Path]:
     when that fails too (offline), a :class:`DataError` names the missing files, where, and the fix.
     """
     bases = _search_bases(root)
+    for base, named_by in bases:
+        if named_by is not None and base.exists() and not base.is_dir():
+            what = f"{DATA_ENV_VAR}={os.environ.get(DATA_ENV_VAR)}" if named_by == DATA_ENV_VAR else "root"
+            raise DataError(f"{what}: {base} is a file, not a folder; point it at the folder that holds the "
+                            f"four MNIST files (e.g. {base.parent} if they are there)")
     for folder in _candidate_dirs(root):
         found = _locate(folder)
         if found is None:

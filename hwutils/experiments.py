@@ -114,7 +114,9 @@ def run_sweep(methods, data: Splits, *, seeds=(0,), data_spec: dict | None = Non
     todo = []
     for i, (method, seed) in enumerate(jobs):
         stem = run_stem(results_dir, method.name, run_key(method, spec, seed)) if results_dir else None
-        cached = load_run(stem) if stem is not None and not force else None
+        cached = None
+        if stem is not None and not force:  # weights that do not fit this method's model are set aside
+            cached = load_run(stem, build_model(method.model, data.n_features, data.n_classes))
         if cached is None:
             todo.append(i)
         else:

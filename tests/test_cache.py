@@ -1,28 +1,45 @@
-"""Specifications of hwutils.cache: atomic, concurrency-safe writes; unreadable runs named and retrained."""
+"""Specifications of hwutils.cache: atomic, concurrency-safe writes; records that prove what they are;
+a cached run that is unreadable or fails a check is named, set aside and retrained."""
+import errno
 import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
 
 from hwutils import cache
-from hwutils.cache import CacheError, check_writable, load_run, run_stem, save_run
+from hwutils.cache import (SCHEMA_VERSION, CacheError, RecordError, StaleRecordError, check_record, check_writable,
+                           load_run, run_stem, save_run)
+from hwutils.experiments import Method, run_sweep
+from hwutils.models import ModelConfig
+from hwutils.training import History, TrainConfig
+
+KEY = "0123456789abcdef"
+
+
+def a_record(name="L2", key=KEY, **changes):
+    """A complete record of a run (what hwutils.experiments stores), before save_run adds its proofs."""
+    history = History(train_loss=[0.5], val_loss=[0.4], val_error=[0.1], epoch_seconds=[0.01], best_epoch=1)
+    record = {"method": name, "seed": 0, "key": key, "val_error": 0.1, "test_error": 0.2,
+              "config": {"model": {"hidden": [3]}, "train": {"lr": 0.1}, "data": {}}, "history": history.to_dict()}
+    return {**record, **changes}
 
 
 def small_run(tmp_path, name="L2"):
-    stem = run_stem(tmp_path / "results", name, "0123456789abcdef")
-    record = {"method": name, "seed": 0, "val_error": 0.1, "test_error": 0.2}
-    state = {"0.weight": torch.arange(6.0).reshape(2, 3), "0.bias": torch.zeros(2)}
+    stem = run_stem(tmp_path / "results", name, KEY)
+    record, state = a_record(name), {"0.weight": torch.arange(6.0).reshape(2, 3), "0.bias": torch.zeros(2)}
     save_run(stem, record, state)
     return stem, record, state
 
 
-def test_a_saved_run_loads_back_and_leaves_no_temporary_files(tmp_path):
+def test_a_saved_run_loads_back_with_its_proofs_and_leaves_no_temporary_files(tmp_path):
     stem, record, state = small_run(tmp_path)
     loaded_record, loaded_state = load_run(stem)
-    assert loaded_record == record and torch.equal(loaded_state["0.weight"], state["0.weight"])
+    assert loaded_record == {**record, "schema": SCHEMA_VERSION, "weights_sha256": loaded_record["weights_sha256"]}
+    assert len(loaded_record["weights_sha256"]) == 64 and torch.equal(loaded_state["0.weight"], state["0.weight"])
     assert sorted(p.name for p in stem.parent.iterdir()) == [stem.name + ".json", stem.name + ".pt"]
 
 
@@ -30,39 +47,179 @@ def test_a_run_that_was_never_saved_is_not_cached(tmp_path):
     assert load_run(run_stem(tmp_path, "L2", "feedface")) is None
 
 
+def test_a_run_saved_without_weights_loads_as_its_record_alone(tmp_path):
+    stem = run_stem(tmp_path, "L2", KEY)
+    save_run(stem, a_record(), None)
+    record, state = load_run(stem)
+    assert state is None and record["weights_sha256"] is None and record["val_error"] == 0.1
+    assert not stem.with_suffix(".pt").exists()
+
+
 @pytest.mark.parametrize("damage, reason", [
     (lambda stem: stem.with_suffix(".json").write_text('{"method": "L2", "hist'), "JSONDecodeError"),
     (lambda stem: stem.with_suffix(".json").write_text("[1, 2]"), "not an object"),
     (lambda stem: stem.with_suffix(".json").write_bytes(b"\xff\xfe\x00"), "UnicodeDecodeError"),
-    (lambda stem: stem.with_suffix(".pt").write_bytes(stem.with_suffix(".pt").read_bytes()[:100]), "PytorchStreamReader"),
-    (lambda stem: stem.with_suffix(".pt").write_bytes(b""), "Error"),
-], ids=["truncated-json", "json-list", "binary-json", "truncated-weights", "empty-weights"])
-def test_a_corrupt_cached_run_is_named_moved_aside_and_not_loaded(tmp_path, capsys, damage, reason):
+    (lambda stem: stem.with_suffix(".pt").write_bytes(stem.with_suffix(".pt").read_bytes()[:100]), "sha256"),
+    (lambda stem: stem.with_suffix(".pt").write_bytes(b""), "sha256"),
+    (lambda stem: stem.with_suffix(".pt").unlink(), "weight file"),
+], ids=["truncated-json", "json-list", "binary-json", "truncated-weights", "empty-weights", "no-weights"])
+def test_a_damaged_cached_run_is_named_in_one_line_moved_aside_and_not_loaded(tmp_path, capsys, damage, reason):
     stem, record, state = small_run(tmp_path)
     damage(stem)
     assert load_run(stem) is None  # the caller retrains
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "is unreadable" in err and reason in err and "retraining" in err
+    assert "\n" not in err and reason in err and "retraining" in err
     assert str(stem) in err and ".corrupt" in err
     assert not stem.with_suffix(".json").exists() and not stem.with_suffix(".pt").exists()
-    assert stem.with_name(stem.name + ".json.corrupt").exists() and stem.with_name(stem.name + ".pt.corrupt").exists()
+    assert stem.with_name(stem.name + ".json.corrupt").exists()
     save_run(stem, record, state)  # the retrained run is stored and loads again
-    assert load_run(stem)[0] == record
+    assert load_run(stem)[0]["val_error"] == record["val_error"]
 
 
-def test_a_truncated_cached_record_is_named_and_retrained_by_run(tmp_path, moons, capsys):
-    from hwutils.experiments import Method, run
-    from hwutils.models import ModelConfig
-    from hwutils.training import TrainConfig
+@pytest.mark.parametrize("change, reason", [
+    (lambda r: r.pop("val_error"), "lacks val_error"),
+    (lambda r: r.pop("history"), "lacks history"),
+    (lambda r: r.update(val_error="0.1"), "its val_error is str '0.1', not a number"),
+    (lambda r: r.update(seed=True), "its seed is bool"),
+    (lambda r: r.update(test_error="nan"), "its test_error is str"),
+    (lambda r: r.update(config={"model": {}}), "config lacks the train settings"),
+    (lambda r: r["history"].pop("val_loss"), "history lacks val_loss"),
+    (lambda r: r["history"].update(val_error=["0.1"]), "val_error is not a list of numbers"),
+    (lambda r: r["history"].update(best_epoch=5), "best_epoch 5 is not one of its 1 epochs"),
+    (lambda r: r["history"].update(surprise=1), "unknown field(s) surprise"),
+    (lambda r: r.update(key="fedcba9876543210"), "the record of another run"),
+    (lambda r: r.update(weights_sha256="abc"), "64 hex digits"),
+])
+def test_check_record_names_a_missing_or_mistyped_field_in_one_line(change, reason):
+    record = {**a_record(), "schema": SCHEMA_VERSION, "weights_sha256": None}
+    check_record(record, KEY)
+    change(record)
+    with pytest.raises(RecordError) as err:
+        check_record(record, KEY)
+    assert reason in str(err.value) and "\n" not in str(err.value)
 
-    method = Method("tiny", ModelConfig(hidden=(4,)), TrainConfig(epochs=1, batch_size=50, lr=0.1))
-    first = run(method, moons, seed=0, results_dir=tmp_path, progress=False)
-    json_path = next(tmp_path.glob("*.json"))
-    json_path.write_text(json_path.read_text()[:40])
-    again = run(method, moons, seed=0, results_dir=tmp_path, progress=False)  # no JSONDecodeError
-    assert again.val_error == pytest.approx(first.val_error)
-    assert f"cached run {json_path} is unreadable" in capsys.readouterr().err
-    assert json.loads(json_path.read_text())["method"] == "tiny"  # stored again, readable
+
+def test_a_record_without_a_schema_version_is_stale():
+    with pytest.raises(StaleRecordError, match="no record schema version"):
+        check_record(a_record(), KEY)
+
+
+def test_a_record_that_does_not_belong_to_its_file_is_not_saved(tmp_path):
+    with pytest.raises(RecordError, match="the record of another run"):
+        save_run(run_stem(tmp_path, "L2", "fedcba9876543210"), a_record(), None)
+    with pytest.raises(RecordError, match="of method 'L1' does not belong"):
+        save_run(run_stem(tmp_path, "L2", KEY), a_record("L1"), None)
+    assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- a tiny point-cloud cache
+def tiny(name, hidden=(4,), lr=0.1):
+    return Method(name, ModelConfig(hidden=hidden), TrainConfig(epochs=1, batch_size=50, lr=lr))
+
+
+def sweep(methods, data, folder):
+    return run_sweep(methods, data, results_dir=folder, progress=False)
+
+
+@pytest.fixture
+def cached(tmp_path, moons):
+    """Two runs of one architecture, cached in tmp_path: (methods, results, {name: stem})."""
+    methods = [tiny("A", lr=0.1), tiny("B", lr=0.3)]
+    results = sweep(methods, moons, tmp_path)
+    stems = {r.method: run_stem(tmp_path, r.method, r.key) for r in results}
+    return methods, results, stems
+
+
+def heals(methods, first, data, folder, capsys):
+    """The next run retrains what was set aside, under the right names, and the one after loads quietly."""
+    again = sweep(methods, data, folder)
+    assert [r.method for r in again] == [r.method for r in first]
+    for new, old in zip(again, first):
+        assert new.val_error == pytest.approx(old.val_error, abs=1e-6)
+        assert torch.allclose(new.model.layers[0].weight, old.model.layers[0].weight, atol=1e-5)
+    warnings = capsys.readouterr().err
+    third = sweep(methods, data, folder)
+    assert capsys.readouterr().err == "" and [r.val_error for r in third] == [r.val_error for r in again]
+    return warnings
+
+
+def one_line_per_run(warnings, n):
+    lines = [line for line in warnings.splitlines() if line.startswith("warning: cached run")]
+    assert len(lines) == n, warnings
+    return lines
+
+
+@pytest.mark.parametrize("change, reason", [
+    (lambda r: r.pop("val_error"), "lacks val_error"),
+    (lambda r: r.pop("history"), "lacks history"),
+    (lambda r: r.update(val_error="0.1"), "its val_error is str"),
+])
+def test_a_cached_record_missing_a_field_or_mistyped_is_named_and_retrained(cached, moons, tmp_path, capsys,
+                                                                            change, reason):
+    methods, first, stems = cached
+    path = stems["A"].with_suffix(".json")
+    record = json.loads(path.read_text())
+    change(record)
+    path.write_text(json.dumps(record))
+    line, = one_line_per_run(heals(methods, first, moons, tmp_path, capsys), 1)
+    assert str(path) in line and reason in line and f"{path}.corrupt" in line
+
+
+def test_a_record_of_an_older_schema_is_set_aside_as_stale_and_retrained(cached, moons, tmp_path, capsys):
+    methods, first, stems = cached
+    path = stems["B"].with_suffix(".json")
+    record = json.loads(path.read_text())
+    del record["schema"], record["weights_sha256"]  # what hwutils wrote before records carried proofs
+    path.write_text(json.dumps(record))
+    line, = one_line_per_run(heals(methods, first, moons, tmp_path, capsys), 1)
+    assert "no record schema version" in line and f"{path}.stale" in line
+    assert Path(f"{path}.stale").exists()
+
+
+def test_swapped_weight_files_are_detected_and_both_runs_retrained(cached, moons, tmp_path, capsys):
+    methods, first, stems = cached
+    a, b = stems["A"].with_suffix(".pt"), stems["B"].with_suffix(".pt")
+    data_a, data_b = a.read_bytes(), b.read_bytes()
+    a.write_bytes(data_b)
+    b.write_bytes(data_a)
+    lines = one_line_per_run(heals(methods, first, moons, tmp_path, capsys), 2)
+    assert all("sha256 is not the one its record names" in line for line in lines)
+
+
+def test_swapped_records_are_detected_and_nothing_is_returned_under_another_name(cached, moons, tmp_path, capsys):
+    methods, first, stems = cached
+    a, b = stems["A"].with_suffix(".json"), stems["B"].with_suffix(".json")
+    text_a, text_b = a.read_text(), b.read_text()
+    a.write_text(text_b)
+    b.write_text(text_a)
+    lines = one_line_per_run(heals(methods, first, moons, tmp_path, capsys), 2)
+    assert all("the record of another run" in line for line in lines)
+
+
+def test_weights_of_another_architecture_are_named_and_retrained(cached, moons, tmp_path, capsys):
+    methods, first, stems = cached
+    wide = sweep([tiny("wide", hidden=(8,))], moons, tmp_path)[0]
+    wide_weights = run_stem(tmp_path, "wide", wide.key).with_suffix(".pt").read_bytes()
+    stems["A"].with_suffix(".pt").write_bytes(wide_weights)
+    path = stems["A"].with_suffix(".json")  # its digest made to match: only the architecture check is left
+    path.write_text(json.dumps({**json.loads(path.read_text()), "weights_sha256": cache._digest(wide_weights)}))
+    line, = one_line_per_run(heals(methods, first, moons, tmp_path, capsys), 1)
+    assert "weights are of another architecture (layers.0.weight is 8x2, this run's model needs 4x2)" in line
+
+
+def test_a_disk_full_while_saving_is_one_line_naming_the_folder_and_leaves_nothing(tmp_path, monkeypatch):
+    def full(path, data):
+        with open(path, "wb") as f:
+            f.write(data[:10])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    with pytest.raises(CacheError) as err:
+        save_run(run_stem(tmp_path, "L2", KEY), a_record(), {"w": torch.zeros(3)})
+    message = str(err.value)
+    assert message.startswith(f"no space left on device writing {tmp_path} (") and " MB free)" in message
+    assert "\n" not in message and "results_dir" in message
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_failed_write_leaves_neither_the_final_nor_a_temporary_file(tmp_path):
@@ -79,13 +236,17 @@ WRITER = textwrap.dedent("""
     import sys, torch
     from pathlib import Path
     from hwutils.cache import load_run, save_run
+    from hwutils.training import History
     stem, me, n = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
     torch.set_num_threads(1)
     state = {"w": torch.full((8, 8), 1.0)}
+    history = History(train_loss=[0.5], val_loss=[0.4], val_error=[0.1], epoch_seconds=[0.01], best_epoch=1)
+    record = {"method": "L2", "seed": 0, "key": stem.name.split("-")[-1], "val_error": 0.1, "test_error": 0.2,
+              "config": {"model": {}, "train": {}}, "history": history.to_dict()}
     failures = 0
     for i in range(n):
         try:
-            save_run(stem, {"writer": me, "i": i}, state)
+            save_run(stem, {**record, "writer": me, "i": i}, state)
             loaded = load_run(stem)
             assert loaded is not None and torch.equal(loaded[1]["w"], state["w"])
         except Exception as err:
@@ -96,14 +257,14 @@ WRITER = textwrap.dedent("""
 
 
 def test_two_processes_writing_the_same_run_never_fail_and_leave_it_loadable(tmp_path):
-    stem = tmp_path / "results" / "L2-0123456789abcdef"
+    stem = tmp_path / "results" / f"L2-{KEY}"
     writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(stem), str(k), "150"], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True) for k in (1, 2)]
     outputs = [w.communicate(timeout=120) for w in writers]
     for (out, err), w in zip(outputs, writers):
         assert w.returncode == 0, err
         assert out.strip() == "0", f"failed writes: {out.strip()}; {err[:500]}"
-        assert "unreadable" not in err
+        assert "warning" not in err
     record, state = load_run(stem)
     assert record["writer"] in (1, 2) and torch.equal(state["w"], torch.full((8, 8), 1.0))
     assert sorted(p.name for p in stem.parent.iterdir()) == [stem.name + ".json", stem.name + ".pt"]

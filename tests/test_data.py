@@ -182,6 +182,20 @@ def test_a_mistyped_data_dir_is_named_and_no_folder_is_created(tmp_path, monkeyp
     assert "mkdir -p" in message and list(tmp_path.iterdir()) == []
 
 
+def test_a_data_dir_that_is_a_file_is_named_with_its_folder_as_the_fix(tmp_path, monkeypatch):
+    no_download(monkeypatch)
+    folder = fake_mnist_folder(tmp_path / "mnist")
+    official(monkeypatch, folder)
+    monkeypatch.setenv("HWUTILS_DATA_DIR", str(folder / "train-images-idx3-ubyte.gz"))
+    with pytest.raises(DataError) as err:
+        find_mnist_dir(download=True)
+    message = str(err.value)
+    assert "\n" not in message and "is a file, not a folder" in message and "mkdir" not in message
+    assert f"e.g. {folder} if they are there" in message
+    monkeypatch.setenv("HWUTILS_DATA_DIR", str(folder))  # the fix it names works
+    assert find_mnist_dir(download=False)["train-images-idx3-ubyte"].parent == folder
+
+
 def test_a_failed_download_leaves_no_folders_behind(tmp_path, monkeypatch):
     import torchvision.datasets
 
