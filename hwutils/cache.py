@@ -40,7 +40,7 @@ import torch
 from .training import History
 
 __all__ = ["SCHEMA_VERSION", "run_stem", "load_run", "save_run", "check_record", "atomic_write",
-           "check_writable", "write_failure", "full_disk", "CacheError", "RecordError", "StaleRecordError"]
+           "temporary_beside", "check_writable", "write_failure", "full_disk", "CacheError", "RecordError", "StaleRecordError"]
 
 #: The format of a record. 2: records carry ``schema``, ``weights_sha256`` and are checked on load
 #: (records without ``schema`` are older: set aside as stale and retrained).
@@ -73,11 +73,29 @@ def _stem_key(stem: Path) -> str:
     return stem.name.rsplit("-", 1)[-1]
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()  # what open() would give a new file (mkstemp's are private, 0600)
+
+
+def temporary_beside(path: Path, suffix: str = ".tmp") -> Path:
+    """A new, empty file with a unique name in ``path``'s folder (``.<name>.<random><suffix>``), with
+    the permissions a new file gets there: to be renamed over ``path`` once it is whole."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
+    os.chmod(tmp, _FILE_MODE)
+    return Path(tmp)
+
+
 def atomic_write(path: Path, write) -> None:
     """``write(tmp)`` to a uniquely named temporary file beside ``path``, then rename it to ``path``."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = temporary_beside(path)
     try:
         write(Path(tmp))
         os.replace(tmp, path)  # atomic: readers see the old file or the new one, never a half-written one

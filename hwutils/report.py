@@ -13,8 +13,13 @@
 
 Code cells are hidden unless ``--show-code``; progress bars (stderr) are left out of the
 rendered pages but kept in the executed notebooks. ``--check`` verifies the outputs exist and come
-from the last build, which succeeded (``report/.build-ok.json``: removed when a build starts, written
-when it ends well).
+from the last build, which succeeded (``report/.build-ok.json``: removed when a build has passed its
+checks and starts to change the outputs, written when it ends well; a build stopped by a check leaves
+the last good build's stamp alone).
+
+Every failure of the build itself is one line: a failed write names its folder (and, when the disk
+is full, how much was free), executed notebooks are written to a temporary file and renamed, so a
+failed write leaves the previous one whole, and Ctrl-C says how many runs are cached for the resume.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ import ast
 import contextlib
 import copy
 import datetime as dt
+import errno
 import json
 import os
 import re
@@ -32,7 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .cache import CacheError, check_writable
+from .cache import CacheError, atomic_write, check_writable, full_disk, temporary_beside, write_failure
 from .data import DATA_ENV_VAR, DataError, find_mnist_dir, mnist_folder
 from .params import check_overrides
 from .profiles import check_profile
@@ -116,14 +122,19 @@ def resolve_parameters(profile: str, overrides: dict, paths: list[Path]) -> dict
         raise ReportError(f"unknown parameter(s) {', '.join(sorted(unknown))}; the notebooks declare: "
                           f"{', '.join(sorted(set().union(*declared.values())))}")
     checked = check_overrides(overrides, declared)
+    _RESULTS_FOLDERS.clear()
     for path, values in checked.items():
         if "results_dir" in values:
             values["results_dir"] = os.path.abspath(os.path.expanduser(values["results_dir"]))
         if "results_dir" in declared[path]:
             folder = values.get("results_dir") or _declared_default(inspected[path]["results_dir"])
             if isinstance(folder, str):
-                check_writable(NOTEBOOKS / folder)  # the notebooks run in notebooks/
+                _RESULTS_FOLDERS.append(check_writable(NOTEBOOKS / folder))  # the notebooks run in notebooks/
     return {p: {"profile": profile, **checked[p]} for p in paths}
+
+
+#: The results folders of the build being made (set by resolve_parameters): what an interrupt counts.
+_RESULTS_FOLDERS: list[Path] = []
 
 
 def _declared_default(info: dict):
@@ -192,8 +203,8 @@ def render(nb, html_path: Path, pdf_path: Path, show_code: bool, engine: str | N
                                               *kwargs["preprocessors"]]}
     with tempfile.TemporaryDirectory(prefix="hw3-render-") as tmp:
         work = Path(tmp)
-        markdown = typeset.notebook_markdown(nb, work, **kwargs)
         try:
+            markdown = typeset.notebook_markdown(nb, work, **kwargs)
             warnings = typeset.markdown_to_html(markdown, html_path, work, toc=meta["titlepage"], **text).splitlines()
             if engine == "typst":
                 warnings += typeset.markdown_to_pdf(typeset.notebook_markdown(nb, work, **pdf_kwargs), pdf_path, work,
@@ -289,11 +300,13 @@ def build(profile: str = "quick", overrides: dict | None = None, show_code: bool
     paths = notebook_paths()
     if not paths:
         raise ReportError(f"no notebooks found in {NOTEBOOKS}")
-    BUILD_STAMP.unlink(missing_ok=True)  # `--check` fails from now until this build has succeeded
     parameters = resolve_parameters(profile, overrides or {}, paths)
     engine = pdf_engine(engine)
     check_tools(engine)
     files = find_mnist_dir()  # MNIST present and intact (or downloadable) before hours of work, not after
+    check_writable(REPORT, what="the report folder", fix=f"make it writable (chmod -R u+w {REPORT})")
+    # The checks passed: from here the outputs change, and `--check` fails until this build has succeeded.
+    BUILD_STAMP.unlink(missing_ok=True)
     # The kernels run in notebooks/ and inherit this environment: give them the absolute folder (a
     # relative $HWUTILS_DATA_DIR, or ./data, would otherwise point elsewhere there).
     os.environ[DATA_ENV_VAR] = str(mnist_folder(files))
@@ -305,15 +318,25 @@ def build(profile: str = "quick", overrides: dict | None = None, show_code: bool
             out = executed_dir / path.name
             print(f">> executing {path.name} with {parameters[path]}", flush=True)
             log = Path(progress_dir) / f"{path.stem}.log"
+            # papermill writes a temporary file beside `out`, renamed over it when the notebook ends or
+            # a cell fails: a write that fails (disk full) or an interrupt leaves the previous `out` whole.
+            partial = str(temporary_beside(out, suffix=".ipynb"))
             try:
                 # The kernel's training bars append status lines to `log`; follow() prints them here.
                 with _kernel_environment(log), follow(log, prefix=f"   [{path.stem}] "):
-                    papermill.execute_notebook(str(path), str(out), parameters=parameters[path], kernel_name=KERNEL,
+                    papermill.execute_notebook(str(path), partial, parameters=parameters[path], kernel_name=KERNEL,
                                                cwd=str(NOTEBOOKS), progress_bar=True, log_output=False,
                                                **_kernel_options())
             except papermill.PapermillExecutionError as err:
+                os.replace(partial, out)
+                if err.ename == "KeyboardInterrupt":
+                    raise KeyboardInterrupt from None
                 raise ReportError(f"{path.name} failed in cell {err.exec_count}: {err.ename}: {err.evalue} "
                                   f"(the partially executed notebook is {out})") from None
+            except BaseException:
+                Path(partial).unlink(missing_ok=True)
+                raise
+            os.replace(partial, out)
             nb = nbformat.read(out, as_version=4)
             problem = figure_problem(nb, path.name)
             if problem:
@@ -404,6 +427,22 @@ def check_outputs() -> list[str]:
     return problems
 
 
+def _write_problem(err: OSError) -> str:
+    """One line for a failed write of the build (its folder; how much was free when the disk is full)."""
+    folder = Path(err.filename).parent if err.filename else REPORT
+    if not (full_disk(err) or isinstance(err, PermissionError) or err.errno == errno.EROFS):
+        return f"{type(err).__name__}: {err}"
+    fix = "free some space there" if full_disk(err) else "make it writable"
+    return f"{write_failure(folder, err)}; {fix} and run the same command again (the cached runs are kept)"
+
+
+def cached_runs(folders=None) -> int:
+    """How many trained runs the results folders hold (default: those of the notebooks as declared
+    and as overridden in the last build)."""
+    folders = _RESULTS_FOLDERS if folders is None else folders
+    return sum(1 for folder in set(folders) for _ in Path(folder).glob("*-" + "[0-9a-f]" * 16 + ".json"))
+
+
 def _yaml_error(err, source: str) -> ReportError:
     """One line for a YAML syntax error: the problem and where it is."""
     mark = getattr(err, "problem_mark", None)
@@ -457,18 +496,25 @@ def main(argv=None) -> int:
                 print(f"report check: {problem}", file=sys.stderr)
             print("report check: OK" if not problems else f"report check: {len(problems)} problem(s)")
             return 1 if problems else 0
-        BUILD_STAMP.unlink(missing_ok=True)  # a build that fails, however early, leaves `--check` failing
         overrides = read_overrides(args.params_file, args.param)
         if "profile" in overrides:
             args.profile = overrides.pop("profile")
         started = time.time()
         written = build(args.profile, overrides, args.show_code)
         BUILD_STAMP.parent.mkdir(parents=True, exist_ok=True)
-        BUILD_STAMP.write_text(json.dumps({"started": started, "finished": time.time(), "profile": args.profile,
-                                           "overrides": overrides}, default=str))
+        stamp = json.dumps({"started": started, "finished": time.time(), "profile": args.profile,
+                            "overrides": overrides}, default=str)
+        atomic_write(BUILD_STAMP, lambda p: p.write_text(stamp))
     except (ReportError, DataError, CacheError, ValueError, FileNotFoundError) as err:
         print(f"make report: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a write that failed: disk full, a read-only folder
+        print(f"make report: {_write_problem(err)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        cached = f"{cached_runs()} runs are cached" if _RESULTS_FOLDERS else "before any training"
+        print(f"make report: interrupted: {cached}, run the same command again to resume", file=sys.stderr)
+        return 130
     print(f">> report written: {REPORT / 'hw3_report.html'} and {REPORT / 'hw3_report.pdf'} ({len(written)} files)")
     return 0
 

@@ -79,6 +79,8 @@ import json  # noqa: E402
 import os  # noqa: E402
 import time  # noqa: E402
 
+from pathlib import Path  # noqa: E402
+
 from hwutils.data import MNIST_FILES  # noqa: E402
 
 
@@ -187,16 +189,6 @@ def fake_outputs():
         path.write_text(html)
 
 
-def test_check_fails_after_a_failed_build_even_though_old_outputs_are_there(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(report, "REPORT", tmp_path / "report")
-    fake_outputs()
-    report.BUILD_STAMP.write_text(json.dumps({"started": time.time() - 60}))
-    assert not any("successful build" in p for p in report.check_outputs())
-    assert report.main(["--profile", "smoke", "-p", "epochs", "-3"]) == 2  # a failed build
-    assert report.main(["--check"]) == 1
-    assert "no successful build is recorded" in capsys.readouterr().err
-
-
 def test_check_names_outputs_older_than_the_last_successful_build(tmp_path, monkeypatch):
     monkeypatch.setattr(report, "REPORT", tmp_path / "report")
     fake_outputs()
@@ -208,3 +200,94 @@ def test_a_successful_build_records_itself_for_check(monkeypatch):
     monkeypatch.setattr(report, "build", lambda *a, **k: [])
     assert report.main(["--profile", "smoke"]) == 0
     assert json.loads(report.BUILD_STAMP.read_text())["profile"] == "smoke"
+
+
+# --------------------------------------------------------------------------- failures of the build itself
+import errno  # noqa: E402
+
+
+@pytest.fixture
+def scratch_report(tmp_path, monkeypatch):
+    """report/ in tmp_path, the pre-checks passed (tools, MNIST), one old executed notebook of each part."""
+    monkeypatch.setattr(report, "REPORT", tmp_path / "report")
+    monkeypatch.setattr(report, "check_tools", lambda *a, **k: None)
+    monkeypatch.setattr(report, "find_mnist_dir", lambda *a, **k: {n: tmp_path / f"{n}.gz" for n in MNIST_FILES})
+    executed = tmp_path / "report" / "executed"
+    executed.mkdir(parents=True)
+    for path in report.notebook_paths():
+        (executed / path.name).write_text("the last good build's notebook")
+    return executed
+
+
+def build_args(tmp_path):
+    return ["--profile", "smoke", "-p", "results_dir", str(tmp_path / "results")]
+
+
+def test_a_failed_pre_check_leaves_the_last_good_builds_stamp_alone(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(report, "REPORT", tmp_path / "report")
+    fake_outputs()
+    report.BUILD_STAMP.write_text(json.dumps({"started": time.time() - 60}))
+    assert report.main(["--profile", "smoke", "-p", "epochs", "-3"]) == 2  # a typo, caught up front
+    assert report.BUILD_STAMP.exists() and not any("successful build" in p for p in report.check_outputs())
+
+
+def test_a_build_that_fails_after_its_checks_leaves_check_failing(tmp_path, scratch_report, monkeypatch, capsys):
+    import papermill
+
+    def failing(*args, **kwargs):
+        raise papermill.PapermillExecutionError(3, 3, "x = f()", "ValueError", "bad", [])
+
+    fake_outputs()
+    report.BUILD_STAMP.write_text(json.dumps({"started": time.time() - 60}))
+    assert not any("successful build" in p for p in report.check_outputs())
+    monkeypatch.setattr("papermill.execute_notebook", failing)
+    assert report.main(build_args(tmp_path)) == 2  # the old outputs are still there
+    assert "failed in cell 3: ValueError: bad" in one_line_error(capsys)
+    assert report.main(["--check"]) == 1
+    assert "no successful build is recorded" in capsys.readouterr().err
+
+
+def test_a_read_only_report_folder_is_one_line_before_any_notebook(tmp_path, scratch_report, monkeypatch, capsys,
+                                                                   no_notebook_may_run):
+    from hwutils import cache
+
+    real = cache.tempfile.mkstemp
+
+    def read_only(*args, dir=None, **kwargs):
+        if str(dir).startswith(str(report.REPORT)):
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(cache.tempfile, "mkstemp", read_only)
+    assert report.main(build_args(tmp_path)) == 2
+    err = one_line_error(capsys)
+    assert f"the report folder {report.REPORT} is not writable: Read-only file system; make it writable" in err
+
+
+def test_a_disk_full_while_writing_a_notebook_leaves_the_previous_one_whole(tmp_path, scratch_report, monkeypatch,
+                                                                            capsys):
+    def full(input_path, output_path, **kwargs):
+        Path(output_path).write_text('{"cells": [')  # half a notebook, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device", output_path)
+
+    monkeypatch.setattr("papermill.execute_notebook", full)
+    assert report.main(build_args(tmp_path)) == 2
+    err = one_line_error(capsys)
+    assert f"no space left on device writing {scratch_report} (" in err and "MB free); free some space" in err
+    assert sorted(p.read_text() for p in scratch_report.iterdir()) == ["the last good build's notebook"] * 3
+
+
+def test_ctrl_c_is_one_line_counting_the_cached_runs(tmp_path, scratch_report, monkeypatch, capsys):
+    (tmp_path / "results").mkdir()
+    for key in ("0123456789abcdef", "fedcba9876543210"):
+        (tmp_path / "results" / f"L2-{key}.json").write_text("{}")
+    (tmp_path / "results" / "L2-0123456789abcdef.json.corrupt").write_text("{}")  # not a cached run
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("papermill.execute_notebook", interrupted)
+    assert report.main(build_args(tmp_path)) == 130
+    err = one_line_error(capsys)
+    assert err == "make report: interrupted: 2 runs are cached, run the same command again to resume"
+    assert sorted(p.read_text() for p in scratch_report.iterdir()) == ["the last good build's notebook"] * 3
