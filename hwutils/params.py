@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["Param", "ParameterError", "SPEC", "check_overrides", "check_value", "notebook_spec",
+__all__ = ["Param", "ParameterError", "SPEC", "MAX_SEED", "check_overrides", "check_value", "notebook_spec",
            "integer", "real", "choice", "flag", "int_list", "real_list", "path"]
 
 
@@ -91,16 +91,28 @@ def _bound_text(minimum, exclusive: bool) -> str:
     return f"> {minimum:g}" if exclusive else f">= {minimum:g}"
 
 
-def _in_range(x, minimum, exclusive: bool):
+def _in_range(x, minimum, exclusive: bool, maximum=None):
     if minimum is not None and (x <= minimum if exclusive else x < minimum):
+        raise _Reject
+    if maximum is not None and x > maximum:
         raise _Reject
     return x
 
 
-def integer(minimum: int, meaning: str, *, none: str | None = None) -> Param:
-    """An integer ``>= minimum``; with ``none`` (what None means), also None."""
-    allowed = f"an integer >= {minimum}" + (f", or None ({none})" if none else "")
-    return Param(allowed, meaning, _nullable(lambda v: _in_range(_to_int(v), minimum, False), bool(none)))
+#: The largest seed: seeds are 64-bit signed integers in torch's generators and in the results tables.
+MAX_SEED = 2**63 - 1
+
+
+def _upper_text(maximum) -> str:
+    if maximum is None:
+        return ""
+    return " and < 2**63" if maximum == MAX_SEED else f" and <= {maximum:,}"
+
+
+def integer(minimum: int, meaning: str, *, maximum: int | None = None, none: str | None = None) -> Param:
+    """An integer ``>= minimum`` (and ``<= maximum``); with ``none`` (what None means), also None."""
+    allowed = f"an integer >= {minimum}{_upper_text(maximum)}" + (f", or None ({none})" if none else "")
+    return Param(allowed, meaning, _nullable(lambda v: _in_range(_to_int(v), minimum, False, maximum), bool(none)))
 
 
 def real(minimum: float, meaning: str, *, exclusive: bool = False, none: str | None = None) -> Param:
@@ -146,11 +158,12 @@ def _list(item, *, distinct: bool):
     return convert
 
 
-def int_list(minimum: int, meaning: str, example: str, *, distinct: bool = False, none: str | None = None) -> Param:
-    """A non-empty list of integers ``>= minimum``; with ``none``, also None."""
-    allowed = (f"a non-empty list of {'distinct ' if distinct else ''}integers >= {minimum}, e.g. {example}"
-               + (f", or None ({none})" if none else ""))
-    convert = _list(lambda v: _in_range(_to_int(v), minimum, False), distinct=distinct)
+def int_list(minimum: int, meaning: str, example: str, *, maximum: int | None = None, distinct: bool = False,
+             none: str | None = None) -> Param:
+    """A non-empty list of integers ``>= minimum`` (and ``<= maximum``); with ``none``, also None."""
+    allowed = (f"a non-empty list of {'distinct ' if distinct else ''}integers >= {minimum}{_upper_text(maximum)}, "
+               f"e.g. {example}" + (f", or None ({none})" if none else ""))
+    convert = _list(lambda v: _in_range(_to_int(v), minimum, False, maximum), distinct=distinct)
     return Param(allowed, meaning, _nullable(convert, bool(none)))
 
 
@@ -178,6 +191,7 @@ _PROFILE = choice(PROFILE_NAMES, "size of every experiment")
 _RESULTS_DIR = path("cache of trained runs; a relative path is taken from where make report runs")
 _FORCE = flag("retrain even when a cached run exists")
 _FROM_PROFILE = "from the profile"
+MAX_POINTS = 10_000_000  # point-cloud training points: making 10^7 takes ~0.8 GB (10^11 asked for 373 GiB)
 
 #: Every parameter of every notebook: notebook name (file name without .ipynb) -> name -> Param.
 SPEC: dict[str, dict[str, Param]] = {
@@ -185,16 +199,18 @@ SPEC: dict[str, dict[str, Param]] = {
         "profile": _PROFILE,
         "n_runs": integer(2, "Monte-Carlo runs; a standard error needs two", none=_FROM_PROFILE),
         "T": integer(1, "steps per Monte-Carlo run", none=_FROM_PROFILE),
-        "seed": integer(0, "random seed"),
+        "seed": integer(0, "random seed", maximum=MAX_SEED),
     },
     "02_point_cloud_regularization": {
         "profile": _PROFILE,
         "kind": choice(("moons", "spirals"), "shape of the 2-D point cloud"),
-        "n_train": integer(10, "training points; both classes must appear"),
+        "n_train": integer(10, "training points; both classes must appear; all of them are held in memory",
+                           maximum=MAX_POINTS),
         "noise": real(0, "std of the Gaussian noise added to each point"),
         "hidden": int_list(1, "hidden layer widths", "[256, 256]"),
         "epochs": integer(1, "training epochs", none=_FROM_PROFILE),
-        "seeds": int_list(0, "seeds of the final comparison", "[0, 1, 2]", distinct=True, none=_FROM_PROFILE),
+        "seeds": int_list(0, "seeds of the final comparison", "[0, 1, 2]", maximum=MAX_SEED, distinct=True,
+                          none=_FROM_PROFILE),
         "l1_grid": real_list(0, "L1 coefficients searched on validation, on a log axis", "[1e-4, 1e-3]",
                              exclusive=True, none=_FROM_PROFILE),
         "l2_grid": real_list(0, "L2 coefficients searched on validation, on a log axis", "[1e-4, 1e-3]",
@@ -208,7 +224,8 @@ SPEC: dict[str, dict[str, Param]] = {
     "03_mnist_regularization": {
         "profile": _PROFILE,
         "downsample": choice((None, 7, 14, 28), "image side in pixels after average pooling; None: 28"),
-        "seeds": int_list(0, "seeds of every method", "[0, 1, 2]", distinct=True, none=_FROM_PROFILE),
+        "seeds": int_list(0, "seeds of every method", "[0, 1, 2]", maximum=MAX_SEED, distinct=True,
+                          none=_FROM_PROFILE),
         "epochs": integer(1, "epochs of the methods without dropout", none=_FROM_PROFILE),
         "dropout_epochs": integer(1, "epochs of the two dropout methods", none=_FROM_PROFILE),
         "hidden": int_list(1, "hidden layer widths", "[800, 800]", none=_FROM_PROFILE),

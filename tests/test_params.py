@@ -100,3 +100,18 @@ def test_a_shared_name_must_be_valid_for_every_notebook_that_declares_it():
 def test_an_override_of_a_parameter_without_a_spec_entry_is_refused_with_the_fix():
     with pytest.raises(ParameterError, match="momentum of 03_mnist_regularization has no entry in hwutils/params.py"):
         check_overrides({"momentum": 0.5}, {MNIST_NB: {"momentum"}})
+
+
+@pytest.mark.parametrize("name, value, notebook", [
+    ("seeds", [99999999999999999999], MNIST_NB), ("seeds", [0, 2**63], CLOUD_NB), ("seed", 2**63, ADAM_NB),
+])
+def test_a_seed_that_no_random_generator_takes_is_refused_up_front(name, value, notebook):
+    with pytest.raises(ParameterError, match=r"integers? >= 0 and < 2\*\*63"):
+        check_value(name, value, notebook)
+    assert check_value(name, [2**63 - 1] if name == "seeds" else 2**63 - 1, notebook)  # the largest that works
+
+
+def test_more_training_points_than_memory_holds_are_refused_up_front():
+    with pytest.raises(ParameterError, match="n_train .* takes an integer >= 10 and <= 10,000,000"):
+        check_value("n_train", 100_000_000_000, CLOUD_NB)
+    assert check_value("n_train", params.MAX_POINTS, CLOUD_NB) == params.MAX_POINTS

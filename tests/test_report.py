@@ -110,6 +110,8 @@ def one_line_error(capsys) -> str:
     ("epochs", "abc", "an integer >= 1"),
     ("epochs", "2.5", "an integer >= 1"),
     ("epochs", "-3", "an integer >= 1"),
+    ("seeds", "[99999999999999999999]", "integers >= 0 and < 2**63"),
+    ("n_train", "100000000000", "an integer >= 10 and <= 10,000,000"),
 ])
 def test_a_bad_parameter_value_stops_the_build_in_one_line_before_any_notebook(
         capsys, no_notebook_may_run, name, value, allowed):
