@@ -1,13 +1,29 @@
-"""Diagnostics of trained models: weight sparsity, per-unit norms, hidden-unit activity."""
+"""Diagnostics of trained models: weight sparsity, per-unit norms, hidden-unit activity.
+
+:func:`end_of_training` measures everything the report reads off a trained model once, when the
+run ends, into a small JSON-ready record (per-unit values packed as float16): a run's
+measurements then travel without its weights (:mod:`hwutils.bundle`).
+"""
 from __future__ import annotations
 
+import base64
+import math
+
+import numpy as np
 import torch
 from torch import nn
 
 from .regularizers import weights
+from .thresholds import NEAR_ZERO, at_cap_text, near_zero_text
 
 __all__ = ["flat_weights", "near_zero_fraction", "unit_norms", "hidden_activity",
-           "regularizer_activity", "dead_fraction", "failure_signs"]
+           "regularizer_activity", "dead_fraction", "failure_signs", "end_of_training", "unit_values",
+           "WEIGHT_LOG10_BINS", "MEASUREMENTS_VERSION"]
+
+#: Bump when :func:`end_of_training` measures something new: older records are measured again.
+MEASUREMENTS_VERSION = 1
+#: The stored histogram of log10 |w| of the non-zero weights: (lowest edge, highest edge, bins).
+WEIGHT_LOG10_BINS = (-9.0, 1.0, 200)
 
 
 @torch.no_grad()
@@ -17,7 +33,7 @@ def flat_weights(model: nn.Module) -> torch.Tensor:
 
 
 @torch.no_grad()
-def near_zero_fraction(model: nn.Module, tol: float = 1e-3) -> float:
+def near_zero_fraction(model: nn.Module, tol: float = NEAR_ZERO) -> float:
     """Fraction of weights with ``|w| < tol`` (biases excluded); counted where the weights live."""
     ws = weights(model)
     return sum(int((w.abs() < tol).sum()) for w in ws) / sum(w.numel() for w in ws)
@@ -49,16 +65,17 @@ def hidden_activity(model: nn.Module, X: torch.Tensor, batch_size: int = 4096) -
             "mean_tanh": (total_tanh / len(X)).cpu()}
 
 
-def regularizer_activity(results, X_val: torch.Tensor, reference: str = "L2") -> "pd.DataFrame":
-    """Is each method's regularizer doing anything? One row per method (first seed), read off the run.
+def regularizer_activity(results, reference: str = "L2") -> "pd.DataFrame":
+    """Is each method's regularizer doing anything? One row per method (first seed), read off the
+    run's History and its :func:`end_of_training` measurements (no weights needed).
 
-    * max-norm: hidden units at the cap (‖w‖ ≥ 0.99 c) at the end and at the peak of training;
-      active when the peak is at least 1 %.
-    * L1: weights below 10⁻³ against the ``reference`` run (same seed, no L1); active when L1 adds
-      at least one percentage point.
-    * KL sparsity: on ``X_val``, the mean over units of ρ̂ (mean tanh activation, what the penalty
-      pulls towards ρ) and of the share of inputs a unit fires on, against the reference run;
-      active when either is at most 0.8 of the reference's.
+    * max-norm: hidden units at the cap (:data:`~hwutils.thresholds.AT_CAP`) at the end and at the
+      peak of training; active when the peak is at least 1 %.
+    * L1: near-zero weights (:data:`~hwutils.thresholds.NEAR_ZERO`) against the ``reference`` run
+      (same seed, no L1); active when L1 adds at least one percentage point.
+    * KL sparsity: the mean over units of ρ̂ (mean tanh activation on the validation images, what
+      the penalty pulls towards ρ) and of the share of inputs a unit fires on, against the
+      reference run; active when either is at most 0.8 of the reference's.
     * dropout: active by construction (the masks are drawn at every step).
     """
     import pandas as pd
@@ -74,23 +91,22 @@ def regularizer_activity(results, X_val: torch.Tensor, reference: str = "L2") ->
         if train.get("max_norm"):
             end, peak = 100 * h.at_cap[-1], 100 * max(h.at_cap)
             rows.append({"method": name, "regularizer": f"max-norm, c = {train['max_norm']:g}",
-                         "measure": "hidden units at the cap (%), end / peak",
+                         "measure": f"hidden units at the cap ({at_cap_text()}, %), end / peak",
                          "value": f"{end:.1f} / {peak:.1f}", "reference": f"largest norm {h.max_unit_norm[-1]:.2f}",
                          "active": peak >= 1.0})
         if train.get("l1") and ref is not None:
             mine, theirs = 100 * h.small_weights[-1], 100 * ref.history.small_weights[-1]
             rows.append({"method": name, "regularizer": f"L1, λ₁ = {train['l1']:g}",
-                         "measure": "weights below 10⁻³ (%)", "value": f"{mine:.1f}",
+                         "measure": f"weights with {near_zero_text()} (%)", "value": f"{mine:.1f}",
                          "reference": f"{reference}: {theirs:.1f}", "active": mine - theirs >= 1.0})
         if train.get("kl") and ref is not None:
-            mine, theirs = hidden_activity(r.model, X_val), hidden_activity(ref.model, X_val)
-            rho = [float(a["mean_tanh"].mean()) for a in (mine, theirs)]
-            fires = [float(a["active_fraction"].mean()) for a in (mine, theirs)]
+            mine, theirs = r.measurements, ref.measurements
             rows.append({"method": name, "regularizer": f"KL, β = {train['kl']:g}, ρ = {train['kl_rho']:g}",
                          "measure": "mean ρ̂ / share of inputs a unit fires on",
-                         "value": f"{rho[0]:.3f} / {fires[0]:.3f}",
-                         "reference": f"{reference}: {rho[1]:.3f} / {fires[1]:.3f}",
-                         "active": rho[0] <= 0.8 * rho[1] or fires[0] <= 0.8 * fires[1]})
+                         "value": f"{mine['rho_hat']:.3f} / {mine['active_fraction']:.3f}",
+                         "reference": f"{reference}: {theirs['rho_hat']:.3f} / {theirs['active_fraction']:.3f}",
+                         "active": mine["rho_hat"] <= 0.8 * theirs["rho_hat"]
+                         or mine["active_fraction"] <= 0.8 * theirs["active_fraction"]})
         if model.get("dropout_hidden"):
             rows.append({"method": name, "regularizer": "dropout",
                          "measure": "units dropped (input / hidden)",
@@ -106,10 +122,63 @@ def dead_fraction(model: nn.Module, X: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def failure_signs(model: nn.Module, X: torch.Tensor) -> dict:
+def failure_signs(model: nn.Module, X: torch.Tensor, activity: dict | None = None) -> dict:
     """What a run that fails at a high learning rate looks like: dead hidden units (%), the most
-    negative hidden bias, and the largest row norm of the (unconstrained) output layer."""
+    negative hidden bias, and the largest row norm of the output layer (``activity``: the
+    :func:`hidden_activity` of ``model`` on ``X``, when already measured)."""
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    return {"dead_pct": 100 * dead_fraction(model, X),
+    activity = hidden_activity(model, X) if activity is None else activity
+    return {"dead_pct": 100 * float((activity["active_fraction"] == 0).float().mean()),
             "min_hidden_bias": float(torch.cat([layer.bias for layer in linears[:-1]]).min()),
             "max_output_row_norm": float(linears[-1].weight.norm(dim=1).max())}
+
+
+def _pack(values: torch.Tensor) -> str:
+    """A vector as base64 of little-endian float16: about 3 significant digits, 2 bytes a value."""
+    return base64.b64encode(values.detach().float().cpu().numpy().astype("<f2").tobytes()).decode("ascii")
+
+
+def unit_values(measurements: dict, name: str) -> np.ndarray:
+    """One per-hidden-unit vector of an :func:`end_of_training` record ("norm", "active_fraction",
+    "rho_hat"), as float32."""
+    return np.frombuffer(base64.b64decode(measurements["per_unit"][name]), dtype="<f2").astype(np.float32)
+
+
+@torch.no_grad()
+def end_of_training(model: nn.Module, X: torch.Tensor) -> dict:
+    """What the report reads off a trained model, measured on ``X`` (the validation images), as a
+    JSON-ready dict:
+
+    * ``dead_pct``: hidden units that fire on no input; ``min_hidden_bias``,
+      ``max_output_row_norm`` (see :func:`failure_signs`);
+    * ``near_zero_pct`` / ``zero_pct``: weights below :data:`~hwutils.thresholds.NEAR_ZERO` in
+      magnitude / exactly zero;
+    * ``rho_hat``: the mean over units of ρ̂ = mean tanh(activation) (what the KL penalty pulls
+      towards ρ), ``active_fraction``: the mean share of inputs a unit fires on;
+    * ``per_unit``: each hidden unit's incoming weight norm, active fraction and ρ̂ (packed, read
+      with :func:`unit_values`);
+    * ``abs_weight_histogram``: counts of log10 |w| of the non-zero weights in
+      :data:`WEIGHT_LOG10_BINS`.
+    """
+    activity = hidden_activity(model, X)
+    w = flat_weights(model).abs()
+    w = w[torch.isfinite(w)]
+    lo, hi, bins = WEIGHT_LOG10_BINS
+    nonzero = w[w > 0]
+    counts = torch.histc(nonzero.log10().clamp(lo, hi), bins=bins, min=lo, max=hi) if len(nonzero) else \
+        torch.zeros(bins)
+    signs = failure_signs(model, X, activity=activity)
+    finite = lambda v: v if math.isfinite(v) else None  # JSON has no NaN: a diverged run's values are null
+    return {
+        "version": MEASUREMENTS_VERSION,
+        "dead_pct": signs["dead_pct"], "min_hidden_bias": finite(signs["min_hidden_bias"]),
+        "max_output_row_norm": finite(signs["max_output_row_norm"]),
+        "near_zero_pct": 100 * float((w < NEAR_ZERO).float().mean()) if len(w) else None,
+        "zero_pct": 100 * float((w == 0).float().mean()) if len(w) else None,
+        "rho_hat": finite(float(activity["mean_tanh"].mean())),
+        "active_fraction": float(activity["active_fraction"].mean()),
+        "per_unit": {"norm": _pack(unit_norms(model)), "active_fraction": _pack(activity["active_fraction"]),
+                     "rho_hat": _pack(activity["mean_tanh"])},
+        "abs_weight_histogram": [int(c) for c in counts.tolist()],
+        "n_weights": int(sum(p.numel() for p in weights(model))),
+    }

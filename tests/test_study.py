@@ -9,8 +9,8 @@ from hwutils.experiments import (Method, RunResult, choices_at_edge, compare_to_
                                  search, summarize)
 from hwutils.models import ModelConfig
 from hwutils.plotting import plot_l1_tradeoff, plot_lr_study
-from hwutils.profiles import (LONG_L2, LR_STUDY, MNIST_PROFILES, final_methods, inherit_l2, mnist_data_spec,
-                              mnist_methods, mnist_search_grids, mnist_splits)
+from hwutils.profiles import (LONG_L2, LR_STUDY, MNIST_PROFILES, final_methods, inherit_l2, mnist_methods,
+                              mnist_search_grids, mnist_splits)
 from hwutils.training import History, TrainConfig
 
 NET = ModelConfig(hidden=(32,))
@@ -22,7 +22,7 @@ def test_part3_reads_pixel_intensities_in_0_1_as_the_paper(mnist_dir):
     # left max-norm radii meant for [0, 1] pixels unbound; Part 3 trains on [0, 1] pixels.
     data = mnist_splits(MNIST_PROFILES["smoke"], root=mnist_dir, device="cpu")
     assert data.train.X.min().item() == 0.0 and data.train.X.max().item() == 1.0
-    assert mnist_data_spec(MNIST_PROFILES["smoke"], None)["pixels"] == "[0, 1]"
+    assert data.spec["pixels"] == "[0, 1]"  # the splits say what they are: part of every run's key
     standardized = mnist_splits(MNIST_PROFILES["smoke"], root=mnist_dir, device="cpu", pixels="standardized")
     ratio = standardized.train.X.norm(dim=1).mean() / data.train.X.norm(dim=1).mean()
     assert 2.5 < ratio.item() < 3.5
@@ -68,7 +68,7 @@ def test_regularizer_activity_flags_a_max_norm_that_never_binds_and_an_l1_that_s
     methods = [Method("L2", NET, BASE.replace(l2=1e-4)), Method("binding", NET, BASE.replace(max_norm=0.5)),
                Method("never binds", NET, BASE.replace(max_norm=50.0)),
                Method("L2 + L1", NET, BASE.replace(l2=1e-4, l1=3e-3, l1_proximal=True))]
-    activity = regularizer_activity(run_sweep(methods, moons, results_dir=None, progress=False), moons.val.X)
+    activity = regularizer_activity(run_sweep(methods, moons, results_dir=None, progress=False))
     active = dict(zip(activity["method"], activity["active"]))
     assert active == {"binding": True, "never binds": False, "L2 + L1": True}
 

@@ -1,0 +1,202 @@
+"""Part 3 as a study that runs anywhere: the plan and its shards, the headless runner without
+Jupyter, and results that travel from the machine that trained them to the one that renders."""
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hwutils import bundle, experiments, findings
+from hwutils.profiles import mnist_search_grids, mnist_methods
+from hwutils.study import GRID_EXTENSIONS, Study, _runs_per_value, shard_jobs
+
+ROOT = Path(__file__).resolve().parents[1]
+#: What the GPU machines lack: the runner must not import any of it.
+NOT_ON_THE_GPU_IMAGE = ("papermill", "nbclient", "nbformat", "ipykernel", "IPython", "jupyter_client",
+                        "matplotlib", "seaborn", "yaml", "scipy", "tabulate")
+BLOCKER = """
+import importlib.abc, sys
+class Blocked(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {names!r}:
+            raise ImportError(f"{{name}} is not on this machine (blocked by the test)")
+sys.meta_path.insert(0, Blocked())
+from hwutils.study import main
+sys.exit(main({argv!r}))
+"""
+
+
+def _stages(study: Study):
+    """The plan's stages as the builders make them, with the profile's default methods."""
+    stage1, stage2 = mnist_search_grids(study.sizes)
+    methods = study.constant_methods(mnist_methods(study.small))
+    return [study.probe_stage(), study.lr_stage(stage1), study.constant_stage(methods, stage2),
+            study.momentum_stage(next(m for m in methods if m.name == "dropout + max-norm")),
+            study.final_stage(methods)]
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 7])
+def test_the_shards_of_each_stage_are_disjoint_and_together_exactly_the_plan(count):
+    study = Study("quick", seeds=[0, 1, 2])
+    for stage in _stages(study):
+        parts = [shard_jobs(stage, study._steps, i, count) for i in range(count)]
+        together = [job for part in parts for job in part]
+        key = lambda job: (job[0], job[1], job[2])  # noqa: E731  (batch, method, seed)
+        assert sorted(together, key=repr) == sorted(stage.jobs(), key=repr)
+        assert len({repr(key(j)) for j in together}) == len(together)
+        if count > 1 and len(stage.jobs()) >= count:
+            loads = [sum(study._steps(stage.batches[b], m) for b, m, _ in part) for part in parts]
+            longest = max(study._steps(stage.batches[b], m) for b, m, _ in stage.jobs())
+            assert max(loads) - min(loads) <= longest  # balanced by run-steps, as far as runs allow
+
+
+def test_a_shard_that_does_not_exist_is_one_line():
+    stage = _stages(Study("smoke"))[0]
+    with pytest.raises(ValueError, match="shard 3/2 does not exist"):
+        shard_jobs(stage, lambda b, m: 1, 2, 2)
+
+
+def test_the_paper_profiles_bundle_fits_in_16_MB_without_weights(tmp_path):
+    # Every run of the paper plan, with grid extensions at their bound, as records of the real size:
+    # histories of every epoch and every minibatch, measurements of the Table 9 network.
+    import numpy as np
+    import torch
+
+    from hwutils.diagnostics import end_of_training
+    from hwutils.models import MLP
+    from hwutils.training import History
+
+    study = Study("paper")
+    stage1, stage2 = mnist_search_grids(study.sizes)
+    stages = _stages(study)
+    runs = [(stage.batches[b], m, s) for stage in stages for b, m, s in stage.jobs()]
+    extra = GRID_EXTENSIONS * (sum(_runs_per_value(g) for g in stage1.values()) * len(study.small.seeds)
+                               + sum(_runs_per_value(g) for g in stage2.values()) * len(study.sizes.seeds))
+    measurements = end_of_training(MLP(784, study.sizes.hidden, 10), torch.rand(256, 784))
+    rng = np.random.default_rng(0)
+    records = []
+    for i, (batch, method, seed) in enumerate(runs + runs[:extra]):
+        epochs, steps = method.train.epochs, study._steps(batch, method)
+        per_epoch = {f: rng.random(epochs).tolist() for f in ("train_loss", "penalty", "val_loss", "val_error",
+                                                              "lr", "small_weights", "max_unit_norm", "at_cap",
+                                                              "epoch_seconds")}
+        history = History(iter_loss=rng.random(steps).tolist(), best_epoch=epochs, steps_per_epoch=steps // epochs,
+                          **per_epoch)
+        records.append({"method": method.name, "seed": seed, "key": f"{i:016x}", "val_error": 0.01,
+                        "test_error": 0.01, "config": {"model": {}, "train": {}, "data": {}},
+                        "history": history.to_dict(), "measurements": measurements})
+    summary = bundle.export_runs(records, tmp_path / "paper.json.gz", bundle.provenance(profile="paper"))
+    assert summary["runs"] == len(runs) + extra > 100
+    assert summary["bytes"] < 16e6, f"{summary['bytes'] / 1e6:.1f} MB"
+
+
+# --------------------------------------------------------------------------- with real MNIST
+@pytest.fixture(scope="session")
+def smoke_results(mnist_dir, tmp_path_factory):
+    """The smoke study trained by the headless runner, in a Python where Jupyter, matplotlib and
+    YAML cannot be imported (as on the GPU machines)."""
+    results = tmp_path_factory.mktemp("smoke-results")
+    argv = ["--profile", "smoke", "--results-dir", str(results)]
+    code = BLOCKER.format(names=set(NOT_ON_THE_GPU_IMAGE), argv=argv)
+    env = {**os.environ, "HWUTILS_DATA_DIR": str(mnist_dir), "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return results, done.stdout
+
+
+def test_the_runner_trains_the_smoke_study_without_jupyter_and_says_what_it_costs(smoke_results):
+    results, out = smoke_results
+    assert "hwutils.study, profile smoke: Measured just now:" in out and "run-steps" in out
+    assert "hwutils.study: done in" in out
+    assert len(list(results.glob("*.json"))) > 30
+    log = [json.loads(line) for line in (results / "study-runs.jsonl").read_text().splitlines()]
+    assert log[-1]["profile"] == "smoke" and log[-1]["wall_seconds"] > 0 and log[-1]["torch"]
+
+
+def _no_training(*args, **kwargs):
+    raise AssertionError("trained a run that should have come from the cache")
+
+
+def test_a_second_runner_call_finds_every_run_in_the_cache(smoke_results, mnist_dir, monkeypatch):
+    results, _ = smoke_results
+    monkeypatch.setattr(experiments, "fit_members", _no_training)
+    study = Study("smoke", results_dir=results, progress=False)
+    estimate = study.estimate()
+    assert estimate.runs == estimate.runs_cached > 30 and estimate.run_steps == 0
+    study.train_all()
+
+
+def _tables(study: Study) -> dict:
+    return {"choices": findings.choices_table(study), "results": findings.results_table(study),
+            "activity": findings.activity_table(study), "diagnosis": findings.diagnosis_table(study),
+            "warm-up": findings.warmup_table(study), "l1": findings.l1_tradeoff_table(study)}
+
+
+def _texts(study: Study) -> dict:
+    return {"search": findings.search_text(study), "lr": findings.lr_facts_text(study),
+            "momentum": findings.momentum_text(study), "activity": findings.activity_text(study),
+            "discussion": findings.discussion_text(study), "late l1": findings.late_l1_text(study)}
+
+
+def test_an_exported_study_imported_elsewhere_renders_the_same_tables_and_trains_nothing(
+        smoke_results, tmp_path, monkeypatch, capsys):
+    from hwutils.study import main
+
+    results, _ = smoke_results
+    out = tmp_path / "smoke.json.gz"
+    assert main(["export", "--profile", "smoke", "--results-dir", str(results), "--out", str(out)]) == 0
+    assert "runs of profile smoke" in capsys.readouterr().out
+    elsewhere = tmp_path / "elsewhere"
+    assert main(["import", str(out), "--results-dir", str(elsewhere)]) == 0
+    assert "imported" in capsys.readouterr().out
+    assert not list(elsewhere.glob("*.pt"))  # no weights travel
+    monkeypatch.setattr(experiments, "fit_members", _no_training)
+    here, there = Study("smoke", results_dir=results, progress=False), Study("smoke", results_dir=elsewhere,
+                                                                              progress=False)
+    for name, table in _tables(here).items():
+        assert table.round(4).equals(_tables(there)[name].round(4)), name
+    assert _texts(here) == _texts(there)
+    provenance = bundle.read_provenance(elsewhere, "smoke")
+    assert provenance and provenance[0]["device"] and provenance[0]["commit"]
+
+
+def test_importing_twice_or_a_bundle_keyed_differently_is_said_in_one_line(smoke_results, tmp_path, capsys):
+    from hwutils.study import main
+
+    results, _ = smoke_results
+    out = tmp_path / "smoke.json.gz"
+    main(["export", "--profile", "smoke", "--results-dir", str(results), "--out", str(out)])
+    target = tmp_path / "target"
+    main(["import", str(out), "--results-dir", str(target)])
+    capsys.readouterr()
+    assert main(["import", str(out), "--results-dir", str(target)]) == 0
+    said = capsys.readouterr().out.strip()
+    assert said.startswith("hwutils.study import: all ") and "already in" in said and "\n" not in said
+    content = json.loads(gzip.decompress(out.read_bytes()))
+    content["runs"][0]["config"]["train"]["lr"] *= 2  # a run another version would key differently
+    other = tmp_path / "other.json.gz"
+    other.write_bytes(gzip.compress(json.dumps(content).encode()))
+    fresh = tmp_path / "fresh"
+    assert main(["import", str(other), "--results-dir", str(fresh)]) == 2
+    said = capsys.readouterr().err.strip()
+    assert "keyed differently by this checkout" in said and "nothing imported" in said and "\n" not in said
+    assert not fresh.exists() or not list(fresh.glob("*.json"))
+
+
+def test_the_notebook_after_the_runner_trains_no_mnist_run(smoke_results, tmp_path):
+    # What `make report PROFILE=smoke` does with the runner's results folder: execute notebook 03.
+    papermill = pytest.importorskip("papermill")
+    results, _ = smoke_results
+    copy = tmp_path / "results"
+    shutil.copytree(results, copy)
+    before = {p.name: p.stat().st_mtime_ns for p in copy.glob("*.json")}
+    papermill.execute_notebook(str(ROOT / "notebooks" / "03_mnist_regularization.ipynb"),
+                               str(tmp_path / "03.ipynb"), parameters={"profile": "smoke", "results_dir": str(copy)},
+                               kernel_name="hw3", cwd=str(ROOT / "notebooks"), progress_bar=False)
+    after = {p.name: p.stat().st_mtime_ns for p in copy.glob("*.json")}
+    assert after == before, "runs trained or rewritten: " + ", ".join(sorted(set(after.items()) ^ set(before.items())))
