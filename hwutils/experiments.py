@@ -71,13 +71,20 @@ class RunResult:
 
 #: Training fields added after runs were cached, with the value that trains exactly as before their
 #: time: left out of the key at that value, so that those cached runs stay valid.
-LATER_FIELDS = {"warmup_epochs": 0.0}
+LATER_FIELDS = {"warmup_epochs": 0.0, "lr_half_life_steps": None, "momentum_start": None, "momentum_ramp_steps": 0,
+                "max_norm_output": False}
+#: The same for the model's fields.
+LATER_MODEL_FIELDS = {"init": "torch", "dropout_scaling": "inverted"}
+
+
+def _without_neutral(config, later: dict) -> dict:
+    return {k: v for k, v in dataclasses.asdict(config).items() if later.get(k, object()) != v}
 
 
 def run_key(method: Method, data_spec: dict, seed: int) -> str:
     """A short hash of everything that decides a run's outcome."""
-    train = {k: v for k, v in dataclasses.asdict(method.train).items() if LATER_FIELDS.get(k, object()) != v}
-    payload = {"model": dataclasses.asdict(method.model), "train": train,
+    payload = {"model": _without_neutral(method.model, LATER_MODEL_FIELDS),
+               "train": _without_neutral(method.train, LATER_FIELDS),
                "data": data_spec, "seed": seed, "cache_version": CACHE_VERSION}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -1,13 +1,26 @@
 """Models: a ReLU multilayer perceptron that returns logits."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["MLP", "StackedMLP", "ModelConfig", "build_model", "dropout"]
+__all__ = ["MLP", "StackedMLP", "ModelConfig", "build_model", "dropout", "INITS", "DROPOUT_SCALINGS"]
+
+#: Initial weights: "torch", ``nn.Linear``'s own (weights and biases uniform on ±1/√fan-in);
+#: "normal_fan_in", weights Gaussian with σ = 1/√fan-in and biases 0 (Srivastava et al.'s recipe).
+INITS = ("torch", "normal_fan_in")
+#: Where dropout's scaling goes: "inverted", kept units scaled by 1/keep while training (the
+#: weights are used as they are at test time); "test_time", kept units left as they are while
+#: training and every dropped layer's output multiplied by keep at test time (Srivastava et al.,
+#: sec. 4, and their deepnet code). The two compute the same functions with weights that differ
+#: by the factor keep (of the layer's input), so a max-norm radius, a learning rate and an initial
+#: scale mean different things under each: radius c under "test_time" is radius keep·c under
+#: "inverted", and learning rate ε under "inverted" moves the weights as ε/keep² does under "test_time".
+DROPOUT_SCALINGS = ("inverted", "test_time")
 
 
 def dropout(x: torch.Tensor, p, training: bool = True) -> torch.Tensor:
@@ -40,19 +53,27 @@ class MLP(nn.Module):
     itself), never with a softmax first. Dropout (Srivastava et al. 2014) drops each input with
     probability ``dropout_input`` and each hidden unit with probability ``dropout_hidden`` during
     training ("inverted" dropout: kept units are scaled by 1/keep, so evaluation uses the weights
-    as they are).
+    as they are), or with ``dropout_scaling="test_time"`` as in the paper (see :data:`DROPOUT_SCALINGS`).
     """
 
     def __init__(self, in_features: int, hidden=(800, 800), out_features: int = 10,
-                 dropout_input: float = 0.0, dropout_hidden: float = 0.0):
+                 dropout_input: float = 0.0, dropout_hidden: float = 0.0, dropout_scaling: str = "inverted"):
         super().__init__()
         for name, p in (("dropout_input", dropout_input), ("dropout_hidden", dropout_hidden)):
             if not 0.0 <= p < 1.0:
                 raise ValueError(f"{name} is a drop probability in [0, 1), got {p}")
+        if dropout_scaling not in DROPOUT_SCALINGS:
+            raise ValueError(f"dropout_scaling must be one of {DROPOUT_SCALINGS}, got {dropout_scaling!r}")
         widths = [in_features, *hidden, out_features]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
         self.dropout_input = dropout_input
         self.dropout_hidden = dropout_hidden
+        self.dropout_scaling = dropout_scaling
+
+    def _drop(self, x: torch.Tensor, p: float) -> torch.Tensor:
+        # test-time scaling is inverted dropout times keep, in training and in evaluation alike
+        x = dropout(x, p, self.training)
+        return x * (1.0 - p) if self.dropout_scaling == "test_time" and p else x
 
     @property
     def hidden_layers(self) -> list[nn.Linear]:
@@ -62,29 +83,45 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor, return_hidden: bool = False):
         """Logits; with ``return_hidden`` also the list of hidden ReLU activations (pre-dropout)."""
         hidden = []
-        x = dropout(x, self.dropout_input, self.training)
+        x = self._drop(x, self.dropout_input)
         for layer in self.layers[:-1]:
             x = F.relu(layer(x))
             hidden.append(x)
-            x = dropout(x, self.dropout_hidden, self.training)
+            x = self._drop(x, self.dropout_hidden)
         logits = self.layers[-1](x)
         return (logits, hidden) if return_hidden else logits
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture of an :class:`MLP`; ``in_features``/``out_features`` come from the data."""
+    """Architecture of an :class:`MLP`; ``in_features``/``out_features`` come from the data.
+    ``init``: its initial weights (:data:`INITS`); ``dropout_scaling``: :data:`DROPOUT_SCALINGS`."""
 
     hidden: tuple[int, ...] = (800, 800)
     dropout_input: float = 0.0
     dropout_hidden: float = 0.0
+    init: str = "torch"
+    dropout_scaling: str = "inverted"
+
+    def __post_init__(self):
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
+        if self.dropout_scaling not in DROPOUT_SCALINGS:
+            raise ValueError(f"dropout_scaling must be one of {DROPOUT_SCALINGS}, got {self.dropout_scaling!r}")
 
 
 def build_model(config: ModelConfig, in_features: int, out_features: int, seed: int | None = None) -> MLP:
     """An :class:`MLP` for ``config``; ``seed`` makes its initial weights reproducible."""
     if seed is not None:
         torch.manual_seed(seed)
-    return MLP(in_features, tuple(config.hidden), out_features, config.dropout_input, config.dropout_hidden)
+    model = MLP(in_features, tuple(config.hidden), out_features, config.dropout_input, config.dropout_hidden,
+                config.dropout_scaling)
+    if config.init == "normal_fan_in":  # drawn after nn.Linear's own, so "torch" draws what it always drew
+        with torch.no_grad():
+            for layer in model.layers:
+                layer.weight.normal_(0.0, 1.0 / math.sqrt(layer.in_features))
+                layer.bias.zero_()
+    return model
 
 
 class _StackedLinear(torch.autograd.Function):
@@ -113,21 +150,28 @@ class StackedMLP(nn.Module):
 
     Layer ``l`` holds ``weight[l]`` of shape ``[K, out, in]`` (member k's row i is the incoming
     weight vector of its unit i, as in ``nn.Linear``) and ``bias[l]`` of shape ``[K, 1, out]``;
-    a forward pass is one batched product per layer. Each member keeps its own dropout rates.
+    a forward pass is one batched product per layer. Each member keeps its own dropout rates and
+    dropout scaling.
     Build it from models with :meth:`from_models`, write the trained weights back with
     :meth:`copy_to`.
     """
 
-    def __init__(self, weights, biases, dropout_input, dropout_hidden):
+    def __init__(self, weights, biases, dropout_input, dropout_hidden, dropout_scaling=None):
         super().__init__()
         self.weights = nn.ParameterList(nn.Parameter(w) for w in weights)
         self.biases = nn.ParameterList(nn.Parameter(b) for b in biases)
         k = len(weights[0])
         self.register_buffer("dropout_input", torch.as_tensor(dropout_input, dtype=torch.float32).view(k, 1, 1))
         self.register_buffer("dropout_hidden", torch.as_tensor(dropout_hidden, dtype=torch.float32).view(k, 1, 1))
+        # test-time scaling as inverted dropout times keep (see MLP._drop): 1 for inverted members
+        test_time = torch.tensor([s == "test_time" for s in dropout_scaling or ["inverted"] * k]).view(k, 1, 1)
+        self.register_buffer("keep_input", torch.where(test_time, 1 - self.dropout_input, 1.0))
+        self.register_buffer("keep_hidden", torch.where(test_time, 1 - self.dropout_hidden, 1.0))
         # Python-side flags: members without dropout cost nothing when none of them drops.
         self.drops_input = bool(self.dropout_input.any())
         self.drops_hidden = bool(self.dropout_hidden.any())
+        self.scales_input = bool((self.keep_input != 1).any())
+        self.scales_hidden = bool((self.keep_hidden != 1).any())
 
     @classmethod
     @torch.no_grad()
@@ -139,7 +183,8 @@ class StackedMLP(nn.Module):
         layers = range(len(models[0].layers))
         return cls([torch.stack([m.layers[l].weight.detach() for m in models]).clone() for l in layers],
                    [torch.stack([m.layers[l].bias.detach() for m in models])[:, None, :].clone() for l in layers],
-                   [m.dropout_input for m in models], [m.dropout_hidden for m in models])
+                   [m.dropout_input for m in models], [m.dropout_hidden for m in models],
+                   [m.dropout_scaling for m in models])
 
     @torch.no_grad()
     def copy_to(self, models) -> None:
@@ -161,6 +206,8 @@ class StackedMLP(nn.Module):
             x = x.expand(self.members, *x.shape)
         if self.drops_input:
             x = dropout(x, self.dropout_input, self.training)
+        if self.scales_input:
+            x = x * self.keep_input
         hidden = []
         weights, biases = list(self.weights), list(self.biases)  # slicing a ParameterList builds a module
         for w, b in zip(weights[:-1], biases[:-1]):
@@ -168,5 +215,7 @@ class StackedMLP(nn.Module):
             hidden.append(x)
             if self.drops_hidden:
                 x = dropout(x, self.dropout_hidden, self.training)
+            if self.scales_hidden:
+                x = x * self.keep_hidden
         logits = _StackedLinear.apply(x, weights[-1], biases[-1])
         return (logits, hidden) if return_hidden else logits

@@ -147,7 +147,8 @@ def sgd_update_(p, g, buf, lr, momentum, nesterov: bool = True) -> None:
     buf.mul_(momentum).add_(g)
     if nesterov:
         g.addcmul_(buf, momentum) if torch.is_tensor(momentum) else g.add_(buf, alpha=momentum)
-    p.addcmul_(g if nesterov else buf, lr, value=-1)
+    step = g if nesterov else buf
+    p.addcmul_(step, lr, value=-1) if torch.is_tensor(lr) else p.add_(step, alpha=-lr)
 
 
 class Adam(torch.optim.Optimizer):

@@ -247,14 +247,21 @@ class KLSparsity(MemberRegularizer):
 
 class MaxNorm(MemberRegularizer):
     """Each hidden unit's incoming weight vector projected onto ``‖w‖ ≤ c`` after every step
-    (``c = inf``: unconstrained member); the output layer is left free, as in Srivastava et al."""
+    (``c = inf``: unconstrained member); the output layer is left free (sec. 5.1 of Srivastava et
+    al.), except for members with ``include_output`` (their deepnet code constrains it too)."""
 
-    def __init__(self, c, device):
-        self.c = _member_values([math.inf if v is None else v for v in c], device)
+    def __init__(self, c, device, include_output=None):
+        radii = [math.inf if v is None else v for v in c]
+        include_output = include_output or [False] * len(radii)
+        self.c = _member_values(radii, device)
+        self.c_output = _member_values([r if out else math.inf for r, out in zip(radii, include_output)], device)
+        self.any_output = any(include_output)  # no projection of the output layer when no member asks
 
     def project_(self, weights, lr):
         for w in weights[:-1]:
             project_rows_(w, self.c)
+        if self.any_output:
+            project_rows_(weights[-1], self.c_output)
 
 
 def member_regularizers(configs, device) -> list[MemberRegularizer]:
@@ -270,5 +277,5 @@ def member_regularizers(configs, device) -> list[MemberRegularizer]:
     if any(c.kl for c in configs):
         regs.append(KLSparsity([c.kl for c in configs], [c.kl_rho for c in configs], device))
     if any(c.max_norm is not None for c in configs):
-        regs.append(MaxNorm([c.max_norm for c in configs], device))
+        regs.append(MaxNorm([c.max_norm for c in configs], device, [c.max_norm_output for c in configs]))
     return regs

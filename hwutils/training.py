@@ -25,10 +25,10 @@ from .progress import progress_bar
 from .regularizers import L1Schedule, member_regularizers
 
 __all__ = ["TrainConfig", "History", "fit", "fit_members", "train_step", "evaluate", "evaluate_members",
-           "step_seconds"]
+           "step_seconds", "momentum_at", "largest_effective_step"]
 
 OPTIMIZERS = ("sgd", "adam")
-LR_SCHEDULES = ("constant", "cosine")
+LR_SCHEDULES = ("constant", "cosine", "inverse_t")
 MONITORS = ("val_loss", "val_error")
 
 
@@ -44,8 +44,13 @@ class TrainConfig:
     of the max-norm projection applied after each step (``None``: off). ``patience``: early
     stopping after that many epochs without improvement of ``monitor`` (``None``: off), after
     which the best epoch's weights are restored. The learning rate follows ``lr_schedule`` per
-    step ("cosine": from ``lr`` down to 0 over ``epochs``; "constant"), times a linear warm-up from
-    ``lr/W`` to ``lr`` over the first W = ``warmup_epochs`` x steps-per-epoch steps (0: none).
+    step t (from 0): "cosine" from ``lr`` down to 0 over ``epochs``; "constant"; "inverse_t"
+    ``lr / (1 + t/T)`` with T = ``lr_half_life_steps`` (Srivastava et al.'s deepnet); times a
+    linear warm-up from ``lr/W`` to ``lr`` over the first W = ``warmup_epochs`` x steps-per-epoch
+    steps (0: none). ``momentum_start`` with ``momentum_ramp_steps`` = N ramps the momentum
+    linearly per step from ``momentum_start`` at t = 0 to ``momentum`` at t = N, then keeps it
+    (``None``: ``momentum`` throughout; the L1 prox threshold uses the final ``momentum``).
+    ``max_norm_output`` holds the output layer's incoming weights to ``max_norm`` too.
     """
 
     epochs: int = 20
@@ -66,6 +71,10 @@ class TrainConfig:
     patience: int | None = None
     monitor: str = "val_loss"
     seed: int = 0
+    lr_half_life_steps: float | None = None
+    momentum_start: float | None = None
+    momentum_ramp_steps: int = 0
+    max_norm_output: bool = False
 
     def __post_init__(self):
         checks = [
@@ -82,6 +91,19 @@ class TrainConfig:
             (self.max_norm is None or self.max_norm > 0, f"max_norm must be None or > 0, got {self.max_norm}"),
             (self.patience is None or self.patience >= 1, f"patience must be None or >= 1, got {self.patience}"),
             (self.monitor in MONITORS, f"monitor must be one of {MONITORS}, got {self.monitor!r}"),
+            ((self.lr_schedule == "inverse_t") == (self.lr_half_life_steps is not None),
+             "lr_half_life_steps goes with lr_schedule='inverse_t' (and only with it): set both or neither"),
+            (self.lr_half_life_steps is None or self.lr_half_life_steps > 0,
+             f"lr_half_life_steps must be > 0, got {self.lr_half_life_steps}"),
+            ((self.momentum_start is None) == (self.momentum_ramp_steps == 0),
+             "momentum_start and momentum_ramp_steps make a ramp together: set both or neither"),
+            (self.momentum_start is None or 0 <= self.momentum_start < 1,
+             f"momentum_start must be in [0, 1), got {self.momentum_start}"),
+            (self.momentum_ramp_steps >= 0, f"momentum_ramp_steps must be >= 0, got {self.momentum_ramp_steps}"),
+            (self.momentum_start is None or self.optimizer == "sgd",
+             "a momentum ramp needs optimizer='sgd' (Adam has no momentum to ramp)"),
+            (not self.max_norm_output or self.max_norm is not None,
+             "max_norm_output needs the radius: set max_norm too"),
         ]
         for ok, message in checks:
             if not ok:
@@ -192,14 +214,38 @@ def evaluate(model: MLP, split: Split, batch_size: int = 4096) -> tuple[float, f
 def _lr_factor(config: TrainConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
     """The learning rate of ``step`` (from 0) as a fraction of ``config.lr``: the schedule, times a
     linear ramp from 1/W to 1 over the first W = ``warmup_epochs · steps_per_epoch`` steps."""
-    factor = 0.5 * (1 + math.cos(math.pi * step / total_steps)) if config.lr_schedule == "cosine" else 1.0
+    if config.lr_schedule == "cosine":
+        factor = 0.5 * (1 + math.cos(math.pi * step / total_steps))
+    elif config.lr_schedule == "inverse_t":
+        factor = 1.0 / (1.0 + step / config.lr_half_life_steps)
+    else:
+        factor = 1.0
     warmup = config.warmup_epochs * steps_per_epoch
     return factor * min(1.0, (step + 1) / warmup) if warmup else factor
 
 
+def momentum_at(config: TrainConfig, step: int) -> float:
+    """The momentum of ``step`` (from 0): ``config.momentum``, or on its ramp from
+    ``momentum_start`` (step 0) to ``momentum`` (step ``momentum_ramp_steps`` and after)."""
+    if config.momentum_start is None or step >= config.momentum_ramp_steps:
+        return config.momentum
+    f = step / config.momentum_ramp_steps
+    return (1 - f) * config.momentum_start + f * config.momentum
+
+
+def largest_effective_step(config: TrainConfig, steps_per_epoch: int) -> tuple[float, int]:
+    """The largest effective step ``lr_t / (1 - m_t)`` of SGD with momentum over a whole run (how
+    far a steady gradient moves a weight per unit of gradient), and the step (from 0) it is reached at."""
+    total = config.epochs * steps_per_epoch
+    steps = ((config.lr * _lr_factor(config, t, total, steps_per_epoch) / (1 - momentum_at(config, t)), t)
+             for t in range(total))
+    return max(steps, key=lambda pair: (pair[0], -pair[1]))
+
+
 class MemberOptimizer:
     """SGD (momentum, Nesterov or plain) or Adam over a stacked model's parameters, each member
-    with its own learning rate and momentum (``[K, 1, 1]`` tensors)."""
+    with its own learning rate and momentum (``[K, 1, 1]`` tensors). ``ramps``: some member's
+    momentum changes from step to step, and each step is handed it (see :func:`momentum_at`)."""
 
     def __init__(self, params, configs):
         kinds = {(c.optimizer, c.nesterov) for c in configs}
@@ -210,24 +256,28 @@ class MemberOptimizer:
         momenta = {c.momentum for c in configs}  # one float when shared: fewer, fused operations
         self.momentum = momenta.pop() if len(momenta) == 1 else torch.tensor(
             [c.momentum for c in configs], device=self.params[0].device).view(-1, 1, 1)
+        self.ramps = any(c.momentum_start is not None for c in configs)
         self.state = [(torch.zeros_like(p), torch.zeros_like(p)) for p in self.params]
         self.t = 0
 
     @torch.no_grad()
-    def step_(self, grads, lr: torch.Tensor) -> None:
+    def step_(self, grads, lr: torch.Tensor, momentum: torch.Tensor | None = None) -> None:
+        """One update; ``momentum`` (``[K, 1, 1]``) replaces the constant one for this step."""
         self.t += 1
+        momentum = self.momentum if momentum is None else momentum
         for p, g, (a, b) in zip(self.params, grads, self.state):
             if self.kind == "sgd":
-                sgd_update_(p, g, a, lr, self.momentum, self.nesterov)
+                sgd_update_(p, g, a, lr, momentum, self.nesterov)
             else:
                 adam_update_(p, g, a, b, self.t, lr)
 
 
 def train_step(net: StackedMLP, train: Split, idx: torch.Tensor, lr: torch.Tensor, regularizers,
-               optimizer: MemberOptimizer) -> torch.Tensor:
+               optimizer: MemberOptimizer, momentum: torch.Tensor | None = None) -> torch.Tensor:
     """One minibatch step of every member; returns the data loss (cross-entropy) per member, ``[K]``.
 
-    ``idx[k]`` holds member k's example indices, ``lr[k]`` its learning rate (0: frozen member).
+    ``idx[k]`` holds member k's example indices, ``lr[k]`` its learning rate (0: frozen member),
+    ``momentum[k]`` its momentum this step (``None``: the optimizer's constant one).
     """
     xb, yb = train.X[idx], train.y[idx]                                  # [K, B, D], [K, B]
     logits, hidden = net(xb, return_hidden=True)
@@ -238,7 +288,7 @@ def train_step(net: StackedMLP, train: Split, idx: torch.Tensor, lr: torch.Tenso
     with torch.no_grad():
         for r in regularizers:
             r.add_grad_(weights, grads[:len(weights)])
-        optimizer.step_(grads, lr)
+        optimizer.step_(grads, lr, momentum)
         for r in regularizers:
             r.project_(weights, lr)
     return data_loss.detach()
@@ -246,7 +296,8 @@ def train_step(net: StackedMLP, train: Split, idx: torch.Tensor, lr: torch.Tenso
 
 class _ReplayedStep:
     """:func:`train_step` captured once as a CUDA graph and replayed: one launch per step instead
-    of one per kernel. Inputs go through static tensors; the first ``warmup`` steps run eagerly
+    of one per kernel. Inputs (indices, learning rates, and momenta when they change from step to
+    step) go through static tensors, updated before each replay; the first ``warmup`` steps run eagerly
     (on a side stream, as capture requires). A minibatch of another size runs eagerly, and so does
     every step after a capture that fails (with a warning saying why)."""
 
@@ -254,18 +305,22 @@ class _ReplayedStep:
         self.step, self.warmup = step, warmup
         self.idx = torch.zeros(idx_shape, dtype=torch.long, device=device)
         self.lr = torch.zeros(k, 1, 1, device=device)
+        self.momentum = torch.zeros(k, 1, 1, device=device)
         self.graph, self.loss, self.done, self.eager = None, None, 0, False
 
-    def __call__(self, idx, lr):
+    def __call__(self, idx, lr, momentum=None):
         if idx.shape != self.idx.shape or self.eager:
-            return self.step(idx, lr)
+            return self.step(idx, lr, momentum)
         self.idx.copy_(idx)
         self.lr.copy_(lr)
+        if momentum is not None:  # always given or never, within one run: the graph reads the tensor
+            self.momentum.copy_(momentum)
+        static_momentum = None if momentum is None else self.momentum
         if self.graph is None and self.done < self.warmup:
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
-                loss = self.step(self.idx, self.lr)
+                loss = self.step(self.idx, self.lr, static_momentum)
             torch.cuda.current_stream().wait_stream(side)
             self.done += 1
             return loss
@@ -273,12 +328,12 @@ class _ReplayedStep:
             try:
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph):
-                    self.loss = self.step(self.idx, self.lr)
+                    self.loss = self.step(self.idx, self.lr, static_momentum)
                 self.graph = graph
             except RuntimeError as err:  # capture changes nothing, so this step can still run eagerly
                 warnings.warn(f"CUDA-graph capture of the training step failed ({err}); training on without it")
                 self.eager = True
-                return self.step(idx, lr)
+                return self.step(idx, lr, momentum)
         self.graph.replay()
         return self.loss
 
@@ -327,7 +382,7 @@ def fit_members(models, train: Split, val: Split, configs, *, names=None, progre
     steps = math.ceil(n / bs)
     base_lr = torch.tensor([float(c.lr) for c in configs], dtype=torch.float32)  # float32 whatever c.lr's type
     cap = torch.tensor([math.inf if c.max_norm is None else c.max_norm for c in configs], device=device)
-    step = lambda idx, lr: train_step(net, train, idx, lr, regularizers, optimizer)
+    step = lambda idx, lr, momentum: train_step(net, train, idx, lr, regularizers, optimizer, momentum)
     if cuda_graph is None:
         cuda_graph = device.type == "cuda" and optimizer.kind == "sgd"
     if cuda_graph:
@@ -344,11 +399,15 @@ def fit_members(models, train: Split, val: Split, configs, *, names=None, progre
         factors = torch.tensor([[_lr_factor(c, s, epochs * steps, steps) for c in configs]
                                 for s in range(first, first + steps)], dtype=torch.float32)
         lrs = (factors * base_lr * torch.tensor(active, dtype=torch.float32)).to(device).view(steps, k, 1, 1)
+        momenta = [None] * steps
+        if optimizer.ramps:  # the epoch's momenta, moved to the device at once (as its learning rates)
+            momenta = torch.tensor([[momentum_at(c, s) for c in configs] for s in range(first, first + steps)],
+                                   dtype=torch.float32).to(device).view(steps, k, 1, 1)
         for r in regularizers:
             r.start_epoch(epoch - 1, epochs)
         losses = torch.empty(steps, k, device=device)
         for b in range(steps):
-            losses[b] = step(order[:, b * bs:(b + 1) * bs], lrs[b])
+            losses[b] = step(order[:, b * bs:(b + 1) * bs], lrs[b], momenta[b])
         val_loss, val_error = evaluate_members(net, val)
         penalty = sum(r.value(net.weights) for r in regularizers) + torch.zeros(k, device=device)
         small = sum((w.abs() < 1e-3).sum((1, 2)) for w in net.weights) / sum(w[0].numel() for w in net.weights)
@@ -439,7 +498,7 @@ def step_seconds(hidden, batch_size: int, members: int = 1, *, dropout: bool = F
     lr = torch.full((members, 1, 1), 1e-3, device=device)
     step = lambda: train_step(net, data, idx, lr, regularizers, optimizer)
     if device.type == "cuda" and optimizer.kind == "sgd":
-        replayed = _ReplayedStep(lambda i, l: train_step(net, data, i, l, regularizers, optimizer),
+        replayed = _ReplayedStep(lambda i, l, m: train_step(net, data, i, l, regularizers, optimizer, m),
                                  idx.shape, members, device)
         step = lambda: replayed(idx, lr)
     for _ in range(warmup):

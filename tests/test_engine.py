@@ -25,28 +25,77 @@ def noisy():
     return split_point_cloud("moons", n_train=48, n_val=200, n_test=50, noise=0.35, seed=3)
 
 
-def _model(seed):
-    return build_model(ModelConfig(hidden=(32, 32)), 2, 2, seed=100 + seed)
+def _model(seed, init="torch"):
+    return build_model(ModelConfig(hidden=(32, 32), init=init), 2, 2, seed=100 + seed)
 
 
-def test_a_stacked_sweep_gives_each_member_the_weights_and_history_of_its_run_alone(noisy):
-    together = [_model(c.seed) for c in MEMBERS.values()]
-    histories = fit_members(together, noisy.train, noisy.val, list(MEMBERS.values()), names=list(MEMBERS),
+def _train_together_and_alone(members: dict, data, inits=None):
+    """Train ``members`` (name → config) as one stack, then each alone from the same initial
+    weights; check that every member's weights and History are those of its run alone."""
+    inits = inits or {}
+    together = [_model(c.seed, inits.get(name, "torch")) for name, c in members.items()]
+    histories = fit_members(together, data.train, data.val, list(members.values()), names=list(members),
                             progress=False)
-    for (name, config), model, history in zip(MEMBERS.items(), together, histories):
-        alone = _model(config.seed)
-        reference = fit(alone, noisy.train, noisy.val, config, progress=False)
+    for (name, config), model, history in zip(members.items(), together, histories):
+        alone = _model(config.seed, inits.get(name, "torch"))
+        reference = fit(alone, data.train, data.val, config, progress=False)
         assert history.epochs_run == reference.epochs_run and history.best_epoch == reference.best_epoch, name
         assert history.stopped_early == reference.stopped_early, name
-        for field in ("iter_loss", "train_loss", "penalty", "val_loss", "val_error", "lr", "small_weights"):
+        for field in ("iter_loss", "train_loss", "penalty", "val_loss", "val_error", "lr", "small_weights",
+                      "max_unit_norm", "at_cap"):
             torch.testing.assert_close(torch.tensor(getattr(history, field)), torch.tensor(getattr(reference, field)),
                                        rtol=1e-4, atol=1e-5, msg=f"{name}: {field}")
         for p, q in zip(model.parameters(), alone.parameters()):
             torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=name)
-    by_name = dict(zip(MEMBERS, histories))
+    return dict(zip(members, together)), dict(zip(members, histories))
+
+
+def test_a_stacked_sweep_gives_each_member_the_weights_and_history_of_its_run_alone(noisy):
+    _, by_name = _train_together_and_alone(MEMBERS, noisy)
     assert by_name["early stopping"].stopped_early  # the member did stop while the others went on
     assert by_name["L2"].epochs_run == BASE.epochs
     assert by_name["late L1"].penalty[0] == 0 and by_name["late L1"].penalty[-1] > 0
+
+
+#: Members with plain momentum (they share a step only with each other): the authors' recipe -
+#: inverse-t learning rate, a per-step momentum ramp, max-norm on the output layer too - with its
+#: time constants and radius shrunk to this short run, the paper's B.1 variant, and two without it.
+PLAIN = BASE.replace(nesterov=False, epochs=15)
+RECIPE = PLAIN.replace(lr=0.5, lr_schedule="inverse_t", lr_half_life_steps=10, momentum=0.99, momentum_start=0.5,
+                       momentum_ramp_steps=30, max_norm=1.0, max_norm_output=True)
+PLAIN_MEMBERS = {
+    "authors' recipe": RECIPE.replace(seed=0),
+    "paper's B.1": RECIPE.replace(momentum=0.95, max_norm=0.7, seed=1),
+    "plain momentum": PLAIN.replace(seed=2),
+    "max-norm, hidden layers only": PLAIN.replace(max_norm=0.7, seed=3),
+}
+
+
+def test_members_with_the_authors_recipe_train_in_a_stack_as_they_do_alone(noisy):
+    inits = {"authors' recipe": "normal_fan_in", "paper's B.1": "normal_fan_in"}
+    models, histories = _train_together_and_alone(PLAIN_MEMBERS, noisy, inits)
+    output_norms = {name: m.layers[-1].weight.norm(dim=1).max().item() for name, m in models.items()}
+    assert output_norms["authors' recipe"] == pytest.approx(1.0)   # held to its radius ...
+    assert output_norms["paper's B.1"] == pytest.approx(0.7)
+    assert output_norms["max-norm, hidden layers only"] > 0.7       # ... which binds: free, it goes past
+    assert histories["authors' recipe"].lr[-1] < 0.5 * PLAIN_MEMBERS["authors' recipe"].lr  # it decayed
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_cuda_the_replayed_step_follows_the_momentum_ramp_and_the_learning_rate_as_eager_steps_do(noisy):
+    from hwutils.data import Split
+
+    on = lambda s: Split(s.X.cuda(), s.y.cuda())
+    configs = list(PLAIN_MEMBERS.values())
+    runs = {}
+    for graph in (True, False):
+        models = [_model(c.seed, "normal_fan_in") for c in configs]
+        histories = fit_members(models, on(noisy.train), on(noisy.val), configs, progress=False, cuda_graph=graph)
+        runs[graph] = (models, histories)
+    for (a, ha), (b, hb) in zip(zip(*runs[True]), zip(*runs[False])):
+        torch.testing.assert_close(torch.tensor(ha.iter_loss), torch.tensor(hb.iter_loss), rtol=1e-4, atol=1e-5)
+        for p, q in zip(a.parameters(), b.parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
 
 
 def test_a_stopped_member_gets_its_best_epochs_weights_back(noisy):
@@ -148,15 +197,25 @@ def test_on_cuda_runs_trained_together_come_back_on_the_device_and_the_search_re
     assert table["dead_pct"].notna().all()
 
 
-def test_a_training_field_added_later_keeps_old_cache_keys_at_its_neutral_value_and_changes_them_otherwise():
+def test_a_field_added_later_keeps_old_cache_keys_at_its_neutral_value_and_changes_them_otherwise():
     import dataclasses, hashlib, json
 
     from hwutils.experiments import CACHE_VERSION
 
-    plain = dataclasses.asdict(TINY.train)
-    del plain["warmup_epochs"]  # the key as it was computed before warm-up existed
-    before = hashlib.sha256(json.dumps({"model": dataclasses.asdict(TINY.model), "train": plain, "data": {},
-                                        "seed": 0, "cache_version": CACHE_VERSION}, sort_keys=True,
+    old_train = {"epochs", "batch_size", "optimizer", "lr", "momentum", "nesterov", "lr_schedule", "l2", "l1",
+                 "l1_last_fraction", "l1_proximal", "kl", "kl_rho", "max_norm", "patience", "monitor", "seed"}
+    old_model = {"hidden", "dropout_input", "dropout_hidden"}
+    method = TINY.replace(max_norm=2.0)
+    pick = lambda config, names: {k: v for k, v in dataclasses.asdict(config).items() if k in names}
+    # the key as it was computed before any of these fields existed
+    before = hashlib.sha256(json.dumps({"model": pick(method.model, old_model), "train": pick(method.train, old_train),
+                                        "data": {}, "seed": 0, "cache_version": CACHE_VERSION}, sort_keys=True,
                                        default=str).encode()).hexdigest()[:16]
-    assert run_key(TINY, {}, 0) == before
-    assert run_key(TINY.replace(warmup_epochs=1), {}, 0) != before
+    assert run_key(method, {}, 0) == before
+    changed = [method.replace(warmup_epochs=1), method.replace(max_norm_output=True),
+               method.replace(lr_schedule="inverse_t", lr_half_life_steps=10.0),
+               method.replace(momentum_start=0.5, momentum_ramp_steps=10),
+               dataclasses.replace(method, model=dataclasses.replace(method.model, init="normal_fan_in")),
+               dataclasses.replace(method, model=dataclasses.replace(method.model, dropout_scaling="test_time"))]
+    keys = [run_key(m, {}, 0) for m in changed]
+    assert before not in keys and len(set(keys)) == len(keys)

@@ -1,4 +1,6 @@
 """Specification of hwutils.optim: the second-moment algebra behind Adam's bias correction, and Adam itself."""
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -108,6 +110,25 @@ def test_adam_matches_torch_adam_for_1000_steps(moons64, problem, kwargs):
     deviation = trajectory_deviation(model, loss_fn, 1000, **kwargs)
     assert deviation.shape == (1000,)
     assert deviation.max() < 1e-6
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_sgd_update_is_torchs_sgd_with_momentum_and_no_dampening(moons64, nesterov):
+    from hwutils.optim import sgd_update_
+
+    model, loss_fn = tiny_mlp(moons64)
+    ref = copy.deepcopy(model)
+    optimizer = torch.optim.SGD(ref.parameters(), lr=0.3, momentum=0.9, nesterov=nesterov)
+    buffers = [torch.zeros_like(p) for p in model.parameters()]
+    for _ in range(50):
+        grads = torch.autograd.grad(loss_fn(model), list(model.parameters()))
+        for p, g, buf in zip(model.parameters(), grads, buffers):
+            sgd_update_(p, g.clone(), buf, 0.3, 0.9, nesterov)
+        optimizer.zero_grad()
+        loss_fn(ref).backward()
+        optimizer.step()
+    for p, q in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-12)
 
 
 def test_adam_actually_trains(moons64):

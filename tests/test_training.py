@@ -129,3 +129,86 @@ def test_history_round_trips_through_a_dict(moons):
     history = fit(MLP(2, (8,), 2), moons.train, moons.val, TrainConfig(epochs=2), progress=False)
     again = History.from_dict(history.to_dict())
     assert again == history and again.to_frame().shape == (2, 9)
+
+
+# --------------------------------------------------------------------------- the authors' recipe
+#: Srivastava et al.'s deepnet recipe for MNIST: ε₀ = 1 decayed as 1/(1 + t/10⁴), momentum 0.5 → 0.99
+#: over the first 10⁵ steps, plain (not Nesterov) momentum.
+RECIPE = TrainConfig(epochs=1, lr=1.0, lr_schedule="inverse_t", lr_half_life_steps=10_000, momentum=0.99,
+                     momentum_start=0.5, momentum_ramp_steps=100_000, nesterov=False)
+
+
+@pytest.mark.parametrize("step, lr, momentum", [(0, 1.0, 0.5), (50_000, 1 / 6, 0.745), (100_000, 1 / 11, 0.99),
+                                                 (1_000_000, 1 / 101, 0.99)])
+def test_the_inverse_t_rate_and_the_momentum_ramp_follow_the_authors_schedule(step, lr, momentum):
+    from hwutils.training import _lr_factor, momentum_at
+
+    assert RECIPE.lr * _lr_factor(RECIPE, step, 1_000_000, 500) == pytest.approx(lr, rel=1e-12)
+    assert momentum_at(RECIPE, step) == pytest.approx(momentum, rel=1e-12)
+
+
+def test_the_largest_effective_step_of_the_recipe_is_where_the_momentum_ramp_ends():
+    from hwutils.training import largest_effective_step
+
+    # ε/(1-m) grows while m ramps up faster than ε decays, and only falls once m stops at 0.99
+    step_size, at = largest_effective_step(RECIPE.replace(epochs=2_000), steps_per_epoch=500)
+    assert at == 100_000 and step_size == pytest.approx((1 / 11) / (1 - 0.99))
+
+
+def _plain_momentum_by_torch(model, data, config, steps_per_epoch):
+    """The same run with torch.optim.SGD (no Nesterov, no dampening), its lr and momentum set per step."""
+    from hwutils.training import _lr_factor, momentum_at
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, nesterov=False)
+    shuffle = torch.Generator().manual_seed(config.seed)
+    total = config.epochs * steps_per_epoch
+    for epoch in range(config.epochs):
+        order = torch.randperm(len(data), generator=shuffle)
+        for b in range(steps_per_epoch):
+            t = epoch * steps_per_epoch + b
+            for group in optimizer.param_groups:
+                group["lr"] = config.lr * _lr_factor(config, t, total, steps_per_epoch)
+                group["momentum"] = momentum_at(config, t)
+            idx = order[b * config.batch_size:(b + 1) * config.batch_size]
+            optimizer.zero_grad()
+            F.cross_entropy(model(data.X[idx]), data.y[idx]).backward()
+            optimizer.step()
+
+
+def test_plain_momentum_with_the_recipes_schedules_is_torchs_sgd_step_for_step(moons):
+    config = RECIPE.replace(epochs=3, batch_size=20, lr=0.5, lr_half_life_steps=10, momentum_ramp_steps=25)
+    torch.manual_seed(0)
+    model = MLP(2, (16,), 2)
+    reference = copy.deepcopy(model)
+    history = fit(model, moons.train, moons.val, config, progress=False)
+    _plain_momentum_by_torch(reference, moons.train, config, history.steps_per_epoch)
+    for p, q in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+
+
+def test_max_norm_output_holds_the_output_layer_to_the_radius_after_a_step(moons):
+    def output_norms(include_output):
+        torch.manual_seed(0)
+        model = MLP(2, (32,), 2)
+        assert model.layers[-1].weight.norm(dim=1).max() < 1.0  # inside the ball before the step
+        config = TrainConfig(epochs=1, batch_size=len(moons.train), lr=20.0, lr_schedule="constant",
+                             max_norm=1.0, max_norm_output=include_output)
+        fit(model, moons.train, moons.val, config, progress=False)  # one step
+        return model.layers[-1].weight.norm(dim=1), model.layers[0].weight.norm(dim=1)
+
+    (held, hidden), (free, _) = output_norms(True), output_norms(False)
+    assert free.min() > 1.2                          # the step pushes the output rows past the radius
+    torch.testing.assert_close(held, torch.ones_like(held))  # and with the flag they sit on it
+    assert hidden.max() <= 1.0 + 1e-6
+
+
+@pytest.mark.parametrize("bad, named", [
+    ({"lr_schedule": "inverse_t"}, "lr_half_life_steps"), ({"lr_half_life_steps": 100.0}, "lr_half_life_steps"),
+    ({"lr_schedule": "inverse_t", "lr_half_life_steps": 0.0}, "lr_half_life_steps"),
+    ({"momentum_start": 0.5}, "momentum_start"), ({"momentum_ramp_steps": 10}, "momentum_start"),
+    ({"momentum_start": 1.0, "momentum_ramp_steps": 10}, "momentum_start"),
+    ({"momentum_start": 0.5, "momentum_ramp_steps": 10, "optimizer": "adam"}, "momentum ramp"),
+    ({"max_norm_output": True}, "max_norm_output")])
+def test_a_half_set_recipe_field_fails_at_construction_naming_what_to_set(bad, named):
+    with pytest.raises(ValueError, match=named):
+        TrainConfig(**bad)
