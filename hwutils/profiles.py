@@ -18,6 +18,7 @@ __all__ = [
     "MnistProfile", "MNIST_PROFILES", "MNIST_CONSTANTS", "WARMUP_EPOCHS", "LR_STUDY", "mnist_search_grids",
     "mnist_profile",
     "mnist_methods", "inherit_l2", "final_methods", "LONG_L2",
+    "AUTHORS_RECIPE", "PAPER_B1", "AUTHORS_STEPS", "recipe_steps", "recipe_time_scale", "authors_recipe_methods",
     "mnist_data_spec", "mnist_splits", "TABLE9_TEST_ERROR",
     "PointCloudProfile", "POINT_CLOUD_PROFILES", "point_cloud_profile", "point_cloud_methods",
 ]
@@ -203,6 +204,51 @@ def final_methods(profile: MnistProfile, chosen) -> list[Method]:
     final = [m.replace(epochs=budget[m.name]) for m in chosen]
     l2 = next(m for m in final if m.name == "L2")
     return final + [l2.variant(LONG_L2, epochs=profile.dropout_epochs)]
+
+
+#: Srivastava et al.'s own recipe for dropout + max-norm on MNIST, as their code trains it (deepnet:
+#: examples/ff/model_dropout.pbtxt and train.pbtxt, the update in edge.py): a million steps of batch
+#: 100, plain momentum ramped per step from 0.5 to 0.99 over the first 100,000, learning rate
+#: 1/(1 + t/10,000), radius 3 on every layer's incoming weights (the output layer's too), no penalty,
+#: and dropout scaled at test time, as there (see hwutils.models.DROPOUT_SCALINGS: under this
+#: project's inverted dropout the same numbers would mean a step up to 4x and a radius 2x larger).
+AUTHORS_RECIPE = "dropout + max-norm (authors' recipe)"
+#: The variant with the values of the paper's Appendix B.1 for MNIST: final momentum 0.95, c = 2.
+PAPER_B1 = "dropout + max-norm (paper's B.1)"
+AUTHORS_STEPS = 1_000_000
+_AUTHORS = {"batch_size": 100, "lr": 1.0, "lr_half_life_steps": 10_000, "momentum_start": 0.5, "momentum": 0.99,
+            "momentum_ramp_steps": 100_000, "max_norm": 3.0}
+#: Training images of the MNIST split (the 60,000 official ones less 10,000 held out for validation).
+MNIST_TRAIN_IMAGES = 50_000
+
+
+def recipe_steps(profile: MnistProfile) -> int:
+    """Steps the authors' recipe trains for at ``profile``: its dropout epochs at the recipe's batch."""
+    per_epoch = -(-(profile.train_subset or MNIST_TRAIN_IMAGES) // _AUTHORS["batch_size"])
+    return profile.dropout_epochs * per_epoch
+
+
+def recipe_time_scale(profile: MnistProfile) -> float:
+    """The factor by which the recipe's time constants (the learning rate's half-life, the momentum
+    ramp) are shrunk at ``profile``: its steps over the authors' million, so that each ends at the
+    same fraction of training (1 at ``paper``)."""
+    return recipe_steps(profile) / AUTHORS_STEPS
+
+
+def authors_recipe_methods(profile: MnistProfile) -> list[Method]:
+    """:data:`AUTHORS_RECIPE` and :data:`PAPER_B1` on the profile's hidden widths, exactly as
+    configured - no warm-up, no search, no L2 - for the profile's dropout epochs at batch 100, with
+    the time constants scaled by :func:`recipe_time_scale`."""
+    scale = recipe_time_scale(profile)
+    model = ModelConfig(hidden=profile.hidden, dropout_input=0.2, dropout_hidden=0.5, init="normal_fan_in",
+                        dropout_scaling="test_time")
+    recipe = TrainConfig(
+        epochs=profile.dropout_epochs, batch_size=_AUTHORS["batch_size"], optimizer="sgd", lr=_AUTHORS["lr"],
+        momentum=_AUTHORS["momentum"], nesterov=False, lr_schedule="inverse_t",
+        lr_half_life_steps=_AUTHORS["lr_half_life_steps"] * scale, momentum_start=_AUTHORS["momentum_start"],
+        momentum_ramp_steps=max(1, round(_AUTHORS["momentum_ramp_steps"] * scale)),
+        max_norm=_AUTHORS["max_norm"], max_norm_output=True)
+    return [Method(AUTHORS_RECIPE, model, recipe), Method(PAPER_B1, model, recipe.replace(momentum=0.95, max_norm=2.0))]
 
 
 def inherit_l2(methods, chosen_l2: Method) -> list[Method]:

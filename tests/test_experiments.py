@@ -70,3 +70,44 @@ def test_search_keeps_the_value_with_the_lowest_validation_error(moons):
     assert set(table["value"]) == {0.0, 5.0} and len(table) == 4
     crushed = table[table["value"] == 5.0]["val_error_pct"].mean()
     assert crushed > table[table["value"] == 0.0]["val_error_pct"].mean()
+
+
+def test_the_authors_recipe_rows_are_trained_exactly_as_configured():
+    from hwutils.profiles import AUTHORS_RECIPE, PAPER_B1, authors_recipe_methods
+
+    recipe, b1 = authors_recipe_methods(MNIST_PROFILES["quick"])
+    assert (recipe.name, b1.name) == (AUTHORS_RECIPE, PAPER_B1)
+    t, m = recipe.train, recipe.model
+    assert (t.batch_size, t.lr, t.lr_schedule, t.optimizer, t.nesterov) == (100, 1.0, "inverse_t", "sgd", False)
+    assert (t.momentum_start, t.momentum, t.max_norm, t.max_norm_output) == (0.5, 0.99, 3.0, True)
+    assert (t.warmup_epochs, t.l2, t.l1, t.kl, t.patience) == (0, 0, 0, 0, None)  # no warm-up, penalty, stopping
+    assert (m.hidden, m.dropout_input, m.dropout_hidden) == (MNIST_PROFILES["quick"].hidden, 0.2, 0.5)
+    assert (m.init, m.dropout_scaling) == ("normal_fan_in", "test_time")
+    assert (b1.train.momentum, b1.train.max_norm) == (0.95, 2.0)
+    assert b1.train.replace(momentum=0.99, max_norm=3.0) == t and b1.model == m  # nothing else differs
+
+
+@pytest.mark.parametrize("profile", ["quick", "paper"])
+def test_the_recipes_schedule_keeps_its_shape_when_shrunk_to_a_profiles_budget(profile):
+    from hwutils.profiles import authors_recipe_methods, recipe_steps, recipe_time_scale
+    from hwutils.training import _lr_factor, momentum_at
+
+    p = MNIST_PROFILES[profile]
+    config = authors_recipe_methods(p)[0].train
+    steps, per_epoch = recipe_steps(p), 500  # 50,000 images at batch 100
+    assert steps == p.dropout_epochs * per_epoch == config.epochs * per_epoch
+    assert recipe_time_scale(p) == steps / 1_000_000
+    # as in the authors' million steps: the momentum ramp ends at 10 % of training and the learning
+    # rate has halved at 1 %, fallen to 1/101 of its start at the end
+    assert config.momentum_ramp_steps == 0.1 * steps and config.lr_half_life_steps == 0.01 * steps
+    assert momentum_at(config, steps // 20) == pytest.approx(0.745)
+    assert _lr_factor(config, steps // 100, steps, per_epoch) == pytest.approx(0.5)
+    assert _lr_factor(config, steps, steps, per_epoch) == pytest.approx(1 / 101)
+
+
+def test_the_paper_profile_runs_the_authors_recipe_for_its_million_steps_unscaled():
+    from hwutils.profiles import authors_recipe_methods, recipe_time_scale
+
+    config = authors_recipe_methods(MNIST_PROFILES["paper"])[0].train
+    assert recipe_time_scale(MNIST_PROFILES["paper"]) == 1.0
+    assert (config.lr_half_life_steps, config.momentum_ramp_steps) == (10_000, 100_000)
