@@ -19,6 +19,8 @@ endif
 PROFILE ?= quick
 PARAMS_FILE ?=
 SHOW_CODE ?= 0
+# A plan far beyond its profile's own (>= 10x its run-steps, or >= 2 hours here) needs CONFIRM=1.
+CONFIRM ?= 0
 # The PDF engine: typst (default; pandoc and typst come as wheels with make setup) or xelatex (needs TeX).
 PDF_ENGINE ?= typst
 # Quiet pip's notes about local package mirrors that are absent on a machine, and setuptools' ~50 lines
@@ -33,7 +35,7 @@ $(STAMP) is rebuilt from scratch; rm -rf $(VENV) does the same)" >&2; exit 1; }
 help:
 	@echo "make test                     run the test suite (creates .venv first)"
 	@echo "make report [PROFILE=quick]   execute the notebooks and render report/ (smoke|quick|full|paper)"
-	@echo "             [SHOW_CODE=1] [PARAMS_FILE=params.yaml] [PDF_ENGINE=typst|xelatex]"
+	@echo "             [SHOW_CODE=1] [PARAMS_FILE=params.yaml] [PDF_ENGINE=typst|xelatex] [CONFIRM=1]"
 	@echo "make bench                    training-speed benchmark (benchmarks/results/)"
 	@echo "make lab                      JupyterLab with the project kernel"
 	@echo "make setup                    only create .venv and the kernel"
@@ -69,7 +71,7 @@ test: $(STAMP)
 
 report: $(STAMP)
 	HWUTILS_PDF_ENGINE="$(PDF_ENGINE)" $(BIN)/python -m hwutils.report --profile "$(PROFILE)" $(if $(PARAMS_FILE),--params-file "$(PARAMS_FILE)") \
-		$(if $(filter 1 yes true,$(SHOW_CODE)),--show-code)
+		$(if $(filter 1 yes true,$(SHOW_CODE)),--show-code) $(if $(filter 1 yes true,$(CONFIRM)),--confirm)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_training.py

@@ -22,7 +22,7 @@ __all__ = [
     "search_text", "lr_study_table", "lr_study_choices", "lr_facts", "lr_facts_text", "momentum_text",
     "l1_tradeoff_table", "l1_tradeoff_text", "final_setup_table", "training_text", "results_table",
     "activity_table", "activity_text", "late_l1_start", "late_l1_text", "discussion_text",
-    "summary", "measured", "unit_norms", "late_l1_pair",
+    "summary", "measured", "unit_norms", "late_l1_pair", "table9_rows", "table9_text", "questions_text",
 ]
 
 
@@ -418,3 +418,84 @@ def late_l1_pair(study: Study) -> list:
     """The first seed's final L2 and L2 + L1 runs: the same until L1 switches on."""
     first = study.first_seed()
     return [first["L2"], first["L2 + L1 (late)"]]
+
+
+# --------------------------------------------------------------------------- the three questions, and Table 9
+def table9_rows(study: Study):
+    """Per Table 9 method: this run's test error (mean over seeds), its standard error, the
+    paper's value, the difference, and whether it lies within twice the standard error of the
+    difference (this run's s.e. - over seeds, or binomial with one seed - and the paper's
+    binomial one, on its 10,000 test images)."""
+    import pandas as pd
+
+    frame = summary(study)
+    n_test, rows = len(study.data.test), []
+    for name, paper in TABLE9_TEST_ERROR.items():
+        mean, n = frame.loc[name, ("test_error_pct", "mean")], int(frame.loc[name, ("seeds", "n")])
+        std = frame.loc[name, ("test_error_pct", "std")]
+        se = std / math.sqrt(n) if n > 1 else _binomial_se(mean, n_test)
+        noise = math.sqrt(se ** 2 + _binomial_se(paper, 10_000) ** 2)
+        rows.append({"method": name, "this run (%)": mean, "s.e.": se, "Table 9 (%)": paper,
+                     "difference": mean - paper, "2 s.e.": 2 * noise,
+                     "agrees": abs(mean - paper) <= 2 * noise})
+    return pd.DataFrame(rows).set_index("method")
+
+
+def _binomial_se(error_pct: float, n: int) -> float:
+    p = error_pct / 100
+    return 100 * math.sqrt(p * (1 - p) / n)
+
+
+def table9_text(study: Study) -> str:
+    """One sentence per Table 9 row: this run against the paper, agree or differ, and what differs
+    between the two set-ups."""
+    rows, sizes = table9_rows(study), study.sizes
+    paper_net = sizes.hidden == (1024, 1024, 2048)
+    dropout_steps = sizes.dropout_epochs * math.ceil(len(study.data.train) / sizes.batch_size)
+    lines = []
+    for name, r in rows.iterrows():
+        verdict = ("agrees with Table 9 within the noise" if r["agrees"] else
+                   f"is {abs(r['difference']):.2f} points {'below' if r['difference'] < 0 else 'above'} Table 9, "
+                   f"beyond the noise")
+        lines.append(f"* **{name}:** {r['this run (%)']:.2f} % (s.e. {r['s.e.']:.2f}) against {r['Table 9 (%)']:.2f} %: "
+                     f"{verdict} (2 s.e. of the difference: {r['2 s.e.']:.2f}).")
+    agree = int(rows["agrees"].sum())
+    below = [n for n, r in rows.iterrows() if not r["agrees"] and r["difference"] < 0]
+    above = [n for n, r in rows.iterrows() if not r["agrees"] and r["difference"] > 0]
+    why = ("the same network as the paper" if paper_net else
+           f"a smaller network ({'-'.join(map(str, sizes.hidden))} against 1024-1024-2048)")
+    sides = "; ".join(part for part in (f"below Table 9: {', '.join(below)}" if below else "",
+                                        f"above it: {', '.join(above)}" if above else "") if part)
+    lines.append(f"\n{agree} of {len(rows)} rows agree with Table 9 within the noise"
+                 + (f" ({sides})" if sides else "") + ". "
+                 + ("" if agree == len(rows) else
+                    f"The set-ups differ in {why}, {dropout_steps:,} updates for the dropout methods against about "
+                    f"a million, constants searched on this run's validation split, and the optimizer: this "
+                    f"project's Nesterov momentum 0.9 with cosine decay and warm-up, where the authors' published "
+                    f"configuration uses plain momentum rising from 0.5 to 0.99 and a learning rate decaying as "
+                    f"1/(1 + t/10,000)."))
+    return "\n".join(lines)
+
+
+def questions_text(study: Study) -> str:
+    """The three questions of the introduction, answered from the run."""
+    activity = regularizer_activity(study.final)
+    inactive = sorted(set(activity.loc[~activity["active"], "method"]))
+    lr, const = study.lr_search, study.constant_search
+    edges = [f"{n} ({CONSTANT_LABELS[f]} = {v:g})" for o in (lr, const) for n, f, v, _ in o.edges]
+    inherited = [n for n in const.grid if n not in lr.grid and n.startswith("L2 +")]
+    comparisons = compare_to_noise(study.final, len(study.data.test))
+    beyond = int(comparisons["exceeds_noise"].sum())
+    acting = ("yes: every regularizer acts at its chosen constant (@tbl-activity)" if not inactive else
+              f"not all: {', '.join(inactive)} {'does' if len(inactive) == 1 else 'do'} not act at the chosen "
+              f"constant by the measures of @tbl-activity, so those rows measure the method without it")
+    tuned = (f"as far as this search goes: the learning rate of {', '.join(LR_STUDY)} was searched jointly with "
+             f"its constant on the search data; {' and '.join(inherited)} inherit L2's learning rate and λ₂ and "
+             f"search their own constant at the final budget (the paper's Table 9 does not say how its "
+             f"constants were chosen). " + (f"Still at a grid edge after extending: {'; '.join(edges)}."
+                                            if edges else "No choice is at an edge of its grid."))
+    noise = (f"{beyond} of {len(comparisons)} pairwise differences exceed twice their standard error; the "
+             f"others are ties")
+    return (f"1. **Is every regularizer doing something?** {acting}.\n"
+            f"2. **Was every method tuned as well as the others?** {tuned}\n"
+            f"3. **Which differences exceed the noise?** {noise} (the ranking below).")

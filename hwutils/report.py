@@ -292,8 +292,10 @@ def figure_problem(nb, name: str) -> str | None:
 
 
 def build(profile: str = "quick", overrides: dict | None = None, show_code: bool = False,
-          engine: str | None = None) -> list[Path]:
-    """Execute and render everything (PDF ``engine``: typst, the default, or xelatex); return the paths written."""
+          engine: str | None = None, confirm: bool = False) -> list[Path]:
+    """Execute and render everything (PDF ``engine``: typst, the default, or xelatex); return the paths written.
+    Before anything runs, each notebook's training plan and its estimated time are printed, and a plan
+    far beyond its profile's own stops the build unless ``confirm`` (:mod:`hwutils.preflight`)."""
     import nbformat
     import papermill
 
@@ -305,11 +307,12 @@ def build(profile: str = "quick", overrides: dict | None = None, show_code: bool
     check_tools(engine)
     files = find_mnist_dir()  # MNIST present and intact (or downloadable) before hours of work, not after
     check_writable(REPORT, what="the report folder", fix=f"make it writable (chmod -R u+w {REPORT})")
-    # The checks passed: from here the outputs change, and `--check` fails until this build has succeeded.
-    BUILD_STAMP.unlink(missing_ok=True)
     # The kernels run in notebooks/ and inherit this environment: give them the absolute folder (a
     # relative $HWUTILS_DATA_DIR, or ./data, would otherwise point elsewhere there).
     os.environ[DATA_ENV_VAR] = str(mnist_folder(files))
+    _check_plans(paths, parameters, confirm)
+    # The checks passed: from here the outputs change, and `--check` fails until this build has succeeded.
+    BUILD_STAMP.unlink(missing_ok=True)
     executed_dir = REPORT / "executed"
     executed_dir.mkdir(parents=True, exist_ok=True)
     written, executed = [], []
@@ -355,6 +358,21 @@ def build(profile: str = "quick", overrides: dict | None = None, show_code: bool
     html, pdf = REPORT / "hw3_report.html", REPORT / "hw3_report.pdf"
     render(combine(executed, profile), html, pdf, show_code, engine)
     return written + [html, pdf]
+
+
+def _check_plans(paths, parameters, confirm: bool) -> None:
+    """Print each notebook's training plan and estimate; stop (one line) at a plan far beyond its
+    profile's own unless ``confirm``."""
+    from .preflight import plan_of, too_costly
+
+    for path in paths:
+        plan = plan_of(path, parameters[path], NOTEBOOKS)
+        if plan is None:
+            continue
+        print(f">> plan: {plan.text}", flush=True)
+        problem = too_costly(plan)
+        if problem and not confirm:
+            raise ReportError(problem)
 
 
 @contextlib.contextmanager
@@ -488,6 +506,8 @@ def main(argv=None) -> int:
                         help="one parameter override (value parsed as YAML)")
     parser.add_argument("--show-code", action="store_true", help="keep code cells in the rendered report")
     parser.add_argument("--check", action="store_true", help="only check that the rendered report is complete")
+    parser.add_argument("--confirm", action="store_true",
+                        help="go ahead with a plan far beyond its profile's (make report CONFIRM=1)")
     args = parser.parse_args(argv)
     try:
         if args.check:
@@ -500,7 +520,7 @@ def main(argv=None) -> int:
         if "profile" in overrides:
             args.profile = overrides.pop("profile")
         started = time.time()
-        written = build(args.profile, overrides, args.show_code)
+        written = build(args.profile, overrides, args.show_code, confirm=args.confirm)
         BUILD_STAMP.parent.mkdir(parents=True, exist_ok=True)
         stamp = json.dumps({"started": started, "finished": time.time(), "profile": args.profile,
                             "overrides": overrides}, default=str)

@@ -37,7 +37,8 @@ from .profiles import (LONG_L2, LR_STUDY, TABLE9_TEST_ERROR, final_methods, inhe
                        mnist_profile, mnist_search_grids, mnist_splits)
 from .thresholds import at_cap_text, near_zero_text
 
-__all__ = ["Study", "Stage", "Batch", "Estimate", "shard_jobs", "CONSTANT_LABELS", "GRID_EXTENSIONS"]
+__all__ = ["Study", "Stage", "Batch", "Estimate", "SearchOutcome", "shard_jobs", "busy_note", "duration",
+           "CONSTANT_LABELS", "GRID_EXTENSIONS"]
 
 #: How each searched field reads in tables and prose.
 CONSTANT_LABELS = {"l2": "λ₂", "l1": "λ₁", "kl": "β", "max_norm": "c", "lr": "learning rate"}
@@ -101,6 +102,7 @@ class Estimate:
     runs: int
     runs_cached: int
     run_steps: int                 # of the runs still to train
+    run_steps_planned: int         # of every run of the plan, cached or not
     seconds: float
     per_step_ms: float             # a typical step of one run, as measured (the largest shape's)
     device: str
@@ -123,18 +125,20 @@ class Estimate:
         return (f"Measured just now: {self.per_step_ms:.2f} ms per training step per run on {self.device}"
                 f"{stacked}.{self.busy} The plan has {self.runs} runs, {self.runs_cached} already in the cache; "
                 f"the {todo} to train need {_count(self.run_steps)} run-steps: about "
-                f"{_minutes(self.seconds)}, validation passes aside.{extra}")
+                f"{duration(self.seconds)}, validation passes aside.{extra}")
 
 
 def _count(n: int) -> str:
     return f"{n / 1e6:,.2f} million" if n >= 100_000 else f"{n:,}"
 
 
-def _minutes(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    if seconds >= 5400:
+        return f"{seconds / 3600:.1f} hours"
     return f"{seconds / 60:.0f} minutes" if seconds >= 90 else f"{seconds:.0f} s"
 
 
-def _busy_note() -> str:
+def busy_note() -> str:
     """A sentence when other processes kept the CPU busy while the step was timed (the estimate
     is then too high), else ""."""
     try:
@@ -330,6 +334,15 @@ class Study:
         return stages
 
     # ------------------------------------------------------------------ the estimate
+    def estimate_steps(self) -> int:
+        """Run-steps of the whole plan as the profile makes it (nothing loaded, nothing timed): what
+        a build's plan is compared with."""
+        stage1, stage2 = mnist_search_grids(self.sizes)
+        methods = self.constant_methods(mnist_methods(self.small))
+        stages = [self.probe_stage(), self.lr_stage(stage1), self.constant_stage(methods, stage2),
+                  self.momentum_stage(self._method(methods, "dropout + max-norm")), self.final_stage(methods)]
+        return sum(self._steps(st.batches[b], m) for st in stages for b, m, _ in st.jobs())
+
     def estimate(self) -> Estimate:
         """The plan's run-steps and their time on this machine: each distinct step shape (network,
         minibatch, dropout, runs stacked) is timed once, just now, on random data."""
@@ -338,7 +351,7 @@ class Study:
         on_gpu = self.data.train.X.device.type == "cuda"
         features, classes = self.data.n_features, self.data.n_classes
         timed: dict[tuple, float] = {}
-        runs = cached = 0
+        runs = cached = planned = 0
         steps_total, seconds, seen = 0, 0.0, set()
         for stage in self.plan():
             todo: dict[tuple, list[int]] = {}
@@ -348,6 +361,7 @@ class Study:
                     continue
                 seen.add(key)
                 runs += 1
+                planned += self._steps(stage.batches[b], m)
                 if self._cached(stage.batches[b], m, s):
                     cached += 1
                     continue
@@ -366,8 +380,8 @@ class Study:
         stage1, stage2 = mnist_search_grids(self.sizes)
         extensions = GRID_EXTENSIONS * (sum(_runs_per_value(g) for g in stage1.values()) * len(self.small.seeds)
                                         + sum(_runs_per_value(g) for g in stage2.values()) * len(self.sizes.seeds))
-        return Estimate(runs, cached, steps_total, seconds, per_step, self.device_name,
-                        max((shape[3] for shape in timed), default=1), extensions, _busy_note())
+        return Estimate(runs, cached, steps_total, planned, seconds, per_step, self.device_name,
+                        max((shape[3] for shape in timed), default=1), extensions, busy_note())
 
     # ------------------------------------------------------------------ the stages' results
     @functools.cached_property

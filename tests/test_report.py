@@ -171,6 +171,7 @@ def test_the_kernels_get_the_absolute_data_folder_when_it_was_given_relative(tmp
     monkeypatch.setenv("HWUTILS_DATA_DIR", "data")
     monkeypatch.setattr(report, "check_tools", lambda *a, **k: None)
     monkeypatch.setattr(report, "find_mnist_dir", lambda *a, **k: {n: p.relative_to(tmp_path) for n, p in files.items()})
+    monkeypatch.setattr(report, "_check_plans", lambda *a, **k: None)  # the files are empty: nothing to plan on
     seen = {}
 
     def execute(*args, **kwargs):
@@ -214,6 +215,7 @@ def scratch_report(tmp_path, monkeypatch):
     monkeypatch.setattr(report, "REPORT", tmp_path / "report")
     monkeypatch.setattr(report, "check_tools", lambda *a, **k: None)
     monkeypatch.setattr(report, "find_mnist_dir", lambda *a, **k: {n: tmp_path / f"{n}.gz" for n in MNIST_FILES})
+    monkeypatch.setattr(report, "_check_plans", lambda *a, **k: None)  # no real MNIST to plan on
     executed = tmp_path / "report" / "executed"
     executed.mkdir(parents=True)
     for path in report.notebook_paths():

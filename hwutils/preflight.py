@@ -1,0 +1,92 @@
+"""What a build will cost, before it starts: each notebook's planned run-steps and their time on
+this machine, measured just now, and a stop when the plan is far beyond its profile's own.
+
+``make report`` prints one line per notebook that trains (Part 2's point-cloud runs, Part 3's
+study: :meth:`hwutils.study.Study.estimate`, the same plan its runner trains) and refuses, in one
+line naming ``CONFIRM=1``, a plan of at least :data:`FAR_BEYOND` times the profile's own run-steps
+or one estimated at :data:`LONG_SECONDS` or more.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from .study import busy_note, duration
+
+__all__ = ["NotebookPlan", "plan_of", "too_costly", "FAR_BEYOND", "LONG_SECONDS"]
+
+#: A plan this many times its profile's own run-steps needs an explicit go-ahead.
+FAR_BEYOND = 10
+#: So does a plan estimated to take this long (seconds) on this machine.
+LONG_SECONDS = 2 * 3600
+
+
+@dataclass(frozen=True)
+class NotebookPlan:
+    """One notebook's training: run-steps planned (all runs) and still to train, the profile's own
+    planned run-steps, the estimated seconds, and the line the terminal shows."""
+
+    notebook: str
+    run_steps_planned: int
+    run_steps_to_train: int
+    profile_run_steps: int
+    seconds: float
+    text: str
+
+
+def _point_cloud_steps(sizes, values: dict) -> tuple[int, int]:
+    """Part 2: (runs, run-steps): the λ search, the four methods and proximal L1, every seed."""
+    n_train, batch = values.get("n_train", 100), values.get("batch_size", 25)
+    runs = (len(sizes.l1_grid) + len(sizes.l2_grid)) * len(sizes.sweep_seeds) + 5 * len(sizes.seeds)
+    return runs, runs * sizes.epochs * math.ceil(n_train / batch)
+
+
+def plan_of(notebook: Path, values: dict, notebooks_dir: Path) -> NotebookPlan | None:
+    """The training plan of one notebook with its papermill ``values``; None for one that trains
+    nothing (Part 1)."""
+    stem = Path(notebook).stem
+    profile = values["profile"]
+    if stem.startswith("02_"):
+        from .profiles import point_cloud_profile
+        from .training import step_seconds
+
+        pick = {k: values.get(k) for k in ("epochs", "seeds", "l1_grid", "l2_grid")}
+        runs, steps = _point_cloud_steps(point_cloud_profile(profile, **pick), values)
+        _, own = _point_cloud_steps(point_cloud_profile(profile), {})
+        import torch
+
+        hidden, threads = tuple(values.get("hidden") or (256, 256)), torch.get_num_threads()
+        torch.set_num_threads(1)  # as the notebook trains these small networks
+        try:
+            step = step_seconds(hidden, values.get("batch_size", 25), in_features=2, classes=2, device="cpu")
+        finally:
+            torch.set_num_threads(threads)
+        seconds = steps * step
+        text = (f"Part 2: {1e3 * step:.2f} ms per training step measured just now; {runs} runs, {steps:,} "
+                f"run-steps: about {duration(seconds)} if none is cached.{busy_note()}")
+        return NotebookPlan(stem, steps, steps, own, seconds, text)
+    if stem.startswith("03_"):
+        from .study import Study
+
+        options = {k: values.get(k) for k in ("downsample", "seeds", "epochs", "dropout_epochs", "hidden", "lr_grid")}
+        results = notebooks_dir / values.get("results_dir", "../results")
+        estimate = Study(profile, results_dir=results, progress=False, **options).estimate()
+        own = Study(profile, results_dir=None, progress=False).estimate_steps()
+        text = f"Part 3: {estimate.text()}"
+        return NotebookPlan(stem, estimate.run_steps_planned, estimate.run_steps, own, estimate.seconds, text)
+    return None
+
+
+def too_costly(plan: NotebookPlan) -> str | None:
+    """Why ``plan`` needs ``CONFIRM=1`` (one line), or None."""
+    ratio = plan.run_steps_planned / max(plan.profile_run_steps, 1)
+    if plan.run_steps_to_train and ratio >= FAR_BEYOND:
+        return (f"{plan.notebook} plans {ratio:.0f} times the run-steps of its profile (about "
+                f"{duration(plan.seconds)} here): check the parameters, or run again with CONFIRM=1 to go ahead")
+    if plan.seconds >= LONG_SECONDS:
+        return (f"{plan.notebook} would train for about {duration(plan.seconds)} on this machine: run again with "
+                f"CONFIRM=1 to go ahead (or a smaller profile)")
+    return None
+
+
