@@ -11,7 +11,7 @@ import hashlib
 import os
 import shutil
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -74,11 +74,17 @@ class Split:
 
 @dataclass(frozen=True)
 class Splits:
-    """Train / validation / test splits. The test split is for final numbers only."""
+    """Train / validation / test splits. The test split is for final numbers only.
+
+    ``spec`` says what data this is (source, sizes, scaling, seeds): the function that builds the
+    splits fills it in from its own arguments, and it is part of every cached run's key, so that a
+    changed argument or default never reuses a run trained on other data.
+    """
 
     train: Split
     val: Split
     test: Split
+    spec: dict = field(default_factory=dict, compare=False)
 
     @property
     def n_features(self) -> int:
@@ -89,7 +95,7 @@ class Splits:
         return int(self.train.y.max()) + 1
 
     def to(self, device) -> "Splits":
-        return Splits(self.train.to(device), self.val.to(device), self.test.to(device))
+        return Splits(self.train.to(device), self.val.to(device), self.test.to(device), self.spec)
 
 
 # --------------------------------------------------------------------------- IDX / MNIST
@@ -320,7 +326,9 @@ def load_mnist(root=None, *, downsample: int | None = None, val_size: int = 10_0
         mean, std = x_train.mean(), x_train.std()
         x_all, x_train, x_test = (x_all - mean) / std, (x_train - mean) / std, (x_test - mean) / std
     device = default_device() if device is None else torch.device(device)
-    return Splits(Split(x_train, y_train), Split(x_all[va], y_all[va]), Split(x_test, y_test)).to(device)
+    spec = {"name": "mnist", "pixels": "standardized" if standardize else "[0, 1]", "downsample": downsample,
+            "val_size": val_size, "split_seed": seed}
+    return Splits(Split(x_train, y_train), Split(x_all[va], y_all[va]), Split(x_test, y_test), spec).to(device)
 
 
 # --------------------------------------------------------------------------- 2-D point clouds
@@ -373,4 +381,6 @@ def split_point_cloud(kind: str = "moons", n_train: int = 100, n_val: int = 500,
     X, y = torch.from_numpy(X), torch.from_numpy(y)
     a, b = n_train, n_train + n_val
     device = torch.device("cpu") if device is None else torch.device(device)
-    return Splits(Split(X[:a], y[:a]), Split(X[a:b], y[a:b]), Split(X[b:], y[b:])).to(device)
+    spec = {"name": "point cloud", "kind": kind, "n_train": n_train, "n_val": n_val, "n_test": n_test,
+            "noise": noise, "seed": seed}
+    return Splits(Split(X[:a], y[:a]), Split(X[a:b], y[a:b]), Split(X[b:], y[b:]), spec).to(device)

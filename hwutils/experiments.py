@@ -14,17 +14,20 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
+
 import torch
 
-from .cache import load_run, run_stem, save_run
+from .cache import atomic_write, load_run, run_stem, save_run
 from .data import Splits
-from .diagnostics import dead_fraction
+from .diagnostics import MEASUREMENTS_VERSION, end_of_training
 from .models import ModelConfig, build_model
 from .progress import progress_bar
 from .training import History, TrainConfig, evaluate, fit_members
 
 __all__ = [
-    "Method", "RunResult", "run", "run_sweep", "results_frame", "summarize", "search", "choices_at_edge",
+    "Method", "RunResult", "run", "run_sweep", "results_frame", "summarize", "search", "search_candidates",
+    "search_choices", "choices_at_edge",
     "run_facts", "compare_to_noise", "ranking_text", "grid_fields",
     "methods_frame",
     "format_summary", "COLUMN_LABELS",
@@ -53,7 +56,9 @@ class Method:
 
 @dataclass
 class RunResult:
-    """One trained run: what it was, what it measured, and (when kept) the trained model."""
+    """One trained run: what it was, what it measured (its History, errors, and the
+    :func:`hwutils.diagnostics.end_of_training` ``measurements``), and the trained model - ``None``
+    for a run imported without its weights."""
 
     method: str
     seed: int
@@ -63,6 +68,7 @@ class RunResult:
     test_error: float
     config: dict = field(default_factory=dict)
     model: torch.nn.Module | None = None
+    measurements: dict = field(default_factory=dict)
 
     @property
     def wall_seconds(self) -> float:
@@ -98,14 +104,14 @@ def run(method: Method, data: Splits, *, seed: int = 0, **sweep_kwargs) -> RunRe
 MAX_TOGETHER = 24
 
 
-def run_sweep(methods, data: Splits, *, seeds=(0,), data_spec: dict | None = None,
+def run_sweep(methods, data: Splits, *, seeds=(0,),
               results_dir: str | os.PathLike | None = "results", force: bool = False,
               progress: bool = True, together: bool | None = None, on_nan: str = "raise",
               evaluate_test: bool = True, desc: str = "runs") -> list[RunResult]:
     """Train every method with every seed (initial weights, shuffling, dropout) and evaluate it.
 
-    ``data_spec`` describes the data (e.g. ``{"name": "mnist", "downsample": None}``) and is part
-    of each run's cache key; a cached run is loaded, not retrained (``force=True`` retrains; with
+    ``data.spec`` describes the data (e.g. ``{"name": "mnist", "downsample": None, ...}``) and is
+    part of each run's cache key; a cached run is loaded, not retrained (``force=True`` retrains; with
     ``results_dir=None`` nothing is cached). Runs still to train that can share a step - same
     architecture, epochs, batch size and optimizer - are trained together as one stacked model
     (:func:`hwutils.training.fit_members`) where that pays: on a GPU, where one small network
@@ -115,7 +121,7 @@ def run_sweep(methods, data: Splits, *, seeds=(0,), data_spec: dict | None = Non
     ``on_nan``: "raise" stops at a diverged run, naming it; "stop" keeps it, marked diverged.
     ``evaluate_test=False`` leaves the test split untouched (test error NaN), as a search should.
     """
-    spec = dict(data_spec or {})
+    spec = dict(data.spec)
     jobs = [(m, s) for m in methods for s in seeds]
     results: list[RunResult | None] = [None] * len(jobs)
     todo = []
@@ -128,6 +134,7 @@ def run_sweep(methods, data: Splits, *, seeds=(0,), data_spec: dict | None = Non
             todo.append(i)
         else:
             results[i] = _cached_result(method, seed, data, *cached, evaluate_test)
+            _bring_up_to_date(stem, cached[0], results[i], data, evaluate_test)
     if together is None:
         together = data.train.X.device.type == "cuda"
     groups = _groups([jobs[i] for i in todo], todo, together)
@@ -162,14 +169,38 @@ def _config_record(method: Method, spec: dict) -> dict:
 
 
 def _cached_result(method, seed, data, record, state, evaluate_test: bool) -> RunResult:
-    model = build_model(method.model, data.n_features, data.n_classes)
-    model.load_state_dict(state)
-    model.to(data.train.X.device).eval()
+    model = None  # state None: a run imported without its weights (hwutils.bundle)
+    if state is not None:
+        model = build_model(method.model, data.n_features, data.n_classes)
+        model.load_state_dict(state)
+        model.to(data.train.X.device).eval()
     test_error = record["test_error"]
-    if evaluate_test and (test_error is None or math.isnan(test_error)):  # cached by a search
+    if evaluate_test and not _finite(test_error) and model is not None:  # cached by a search
         test_error = evaluate(model, data.test)[1]
     return RunResult(record["method"], seed, record["key"], History.from_dict(record["history"]),
-                     record["val_error"], test_error, record["config"], model)
+                     record["val_error"], test_error, record["config"], model, record.get("measurements") or {})
+
+
+def _bring_up_to_date(stem, record: dict, result: RunResult, data: Splits, evaluate_test: bool) -> None:
+    """Fill in what a cached run lacks - measurements of an older kind, a test error when a search
+    cached it without one - from its weights, and store them in its record (the weights are
+    unchanged). A run without weights (imported) that lacks them is named in one line."""
+    missing_test = evaluate_test and not _finite(record.get("test_error"))
+    old = (result.measurements or {}).get("version") != MEASUREMENTS_VERSION
+    if not (missing_test or old):
+        return
+    if result.model is None:
+        need = "a test error" if missing_test else "this version's measurements"
+        raise RuntimeError(f"cached run {stem}.json has no weights and lacks {need}: train it where it was "
+                           f"trained (python -m hwutils.study ...) and export the results again")
+    if old:
+        result.measurements = end_of_training(result.model, data.val.X)
+    atomic_write(Path(stem).with_suffix(".json"), lambda p: p.write_text(json.dumps(
+        {**record, "test_error": result.test_error, "measurements": result.measurements}), encoding="utf-8"))
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def _finish(method, seed, spec, data, model, history, results_dir, evaluate_test: bool) -> RunResult:
@@ -178,11 +209,13 @@ def _finish(method, seed, spec, data, model, history, results_dir, evaluate_test
     test_error = evaluate(model, data.test)[1] if evaluate_test else math.nan
     model.eval()
     key, config = run_key(method, spec, seed), _config_record(method, spec)
+    measurements = end_of_training(model, data.val.X)
     if results_dir:
         record = {"method": method.name, "seed": seed, "key": key, "val_error": val_error,
-                  "test_error": test_error, "config": config, "history": history.to_dict()}
+                  "test_error": test_error, "config": config, "history": history.to_dict(),
+                  "measurements": measurements}
         save_run(run_stem(results_dir, method.name, key), record, model.state_dict())
-    return RunResult(method.name, seed, key, history, val_error, test_error, config, model)
+    return RunResult(method.name, seed, key, history, val_error, test_error, config, model, measurements)
 
 
 def results_frame(results) -> "pd.DataFrame":
@@ -218,33 +251,45 @@ def search(methods, grid: dict, data: Splits, *, seeds=(0,), **sweep_kwargs):
     ``grid`` maps a method name to ``(field, values)``, e.g. ``{"L2": ("l2", (1e-5, 1e-4))}``, or
     to ``{field: values, ...}`` to search several fields jointly (every combination), e.g.
     ``{"max-norm": {"lr": (0.03, 0.1), "max_norm": (2.0, 3.0)}}``; methods not in it are kept as
-    they are. Every candidate is trained with every seed - all in one :func:`run_sweep`, so they
-    are cached like any run and trained together where that pays - and the combination with the
-    lowest mean *validation* error wins (the test error is not looked at; ties go to the smallest
-    values). Returns the methods with the chosen values and a table of the search: one row per
-    candidate and seed, a column per searched field, ``field``/``value`` for the method's own
-    constant (its first field other than ``lr``), ``val_error_pct``, ``diverged``, ``chosen``, the
-    :func:`run_facts` and ``dead_pct`` (hidden units that never fire on the validation images).
+    they are. Every candidate (:func:`search_candidates`) is trained with every seed - all in one
+    :func:`run_sweep`, so they are cached like any run and trained together where that pays - and
+    :func:`search_choices` picks the combination with the lowest mean *validation* error.
     """
+    candidates = search_candidates(methods, grid)
+    results = run_sweep(candidates, data, seeds=seeds, desc="search", evaluate_test=False, **sweep_kwargs)
+    return search_choices(methods, grid, results)
+
+
+def search_candidates(methods, grid: dict) -> list[Method]:
+    """Every combination of ``grid``'s values for each method it names (see :func:`search`)."""
     import itertools
 
+    fields = {name: grid_fields(spec) for name, spec in grid.items()}
+    return [method.replace(**dict(zip(fields[method.name], combo)))
+            for method in methods if method.name in fields
+            for combo in itertools.product(*fields[method.name].values())]
+
+
+def search_choices(methods, grid: dict, results):
+    """The methods with the values ``grid``'s search chose from ``results`` (the trained
+    :func:`search_candidates`, any seeds): per method, the combination with the lowest mean
+    *validation* error (the test error is not looked at; ties go to the smallest values). Also
+    returns a table of the search: one row per candidate and seed, a column per searched field,
+    ``field``/``value`` for the method's own constant (its first field other than ``lr``),
+    ``val_error_pct``, ``diverged``, ``chosen``, the :func:`run_facts` and ``dead_pct`` (hidden
+    units that never fire on the validation images; NaN for a run that diverged)."""
     import pandas as pd
 
     fields = {name: grid_fields(spec) for name, spec in grid.items()}
-    candidates, owner = [], []
-    for method in methods:
-        for combo in itertools.product(*fields.get(method.name, {}).values()):
-            if method.name in fields:
-                candidates.append(method.replace(**dict(zip(fields[method.name], combo))))
-                owner.append(method.name)
-    results = run_sweep(candidates, data, seeds=seeds, desc="search", evaluate_test=False, **sweep_kwargs)
     rows = []
-    for r, name in zip(results, [o for o in owner for _ in seeds]):
-        own = next((f for f in fields[name] if f != "lr"), next(iter(fields[name])))
-        rows.append({"method": name, **{f: r.config["train"][f] for f in fields[name]}, "field": own,
+    for r in results:
+        if r.method not in fields:
+            continue
+        own = next((f for f in fields[r.method] if f != "lr"), next(iter(fields[r.method])))
+        rows.append({"method": r.method, **{f: r.config["train"][f] for f in fields[r.method]}, "field": own,
                      "value": r.config["train"][own], "seed": r.seed, "val_error_pct": 100 * r.val_error,
                      "diverged": r.history.diverged, **run_facts(r),
-                     "dead_pct": math.nan if r.history.diverged else 100 * dead_fraction(r.model, data.val.X)})
+                     "dead_pct": math.nan if r.history.diverged else r.measurements["dead_pct"]})
     table = pd.DataFrame(rows)
     chosen = []
     for method in methods:
@@ -258,9 +303,9 @@ def search(methods, grid: dict, data: Splits, *, seeds=(0,), **sweep_kwargs):
         plain = [v.item() if hasattr(v, "item") else v for v in best]  # numpy scalars → Python numbers
         chosen.append(method.replace(**dict(zip(names, plain))))
     if len(table):
-        table["chosen"] = [all(row[f] == getattr(c.train, f) for f in fields[row["method"]])
-                           for row, c in zip(table.to_dict("records"),
-                                             [next(m for m in chosen if m.name == n) for n in table["method"]])]
+        by_name = {m.name: m for m in chosen}
+        table["chosen"] = [all(row[f] == getattr(by_name[row["method"]].train, f) for f in fields[row["method"]])
+                           for row in table.to_dict("records")]
     return chosen, table
 
 

@@ -23,6 +23,7 @@ __all__ = [
     "l1_tradeoff_table", "l1_tradeoff_text", "final_setup_table", "training_text", "results_table",
     "activity_table", "activity_text", "late_l1_start", "late_l1_text", "discussion_text",
     "summary", "measured", "unit_norms", "late_l1_pair", "table9_rows", "table9_text", "questions_text",
+    "recipe_rows", "recipe_text",
 ]
 
 
@@ -54,9 +55,19 @@ def settings(study: Study) -> dict:
         "learning-rate search": f"{len(search.train):,} training / {len(search.val):,} validation images; "
                                 f"{small.epochs} epochs ({small.dropout_epochs} with dropout)",
         "learning rates searched": _grid_text(sizes.lr_grid),
+        "authors' recipe": _recipe_setting(study),
         "minibatch": str(sizes.batch_size),
         "device": study.device_name + tf32,
     }
+
+
+def _recipe_setting(study: Study) -> str:
+    from .profiles import recipe_steps, recipe_time_scale
+
+    scale, steps = recipe_time_scale(study.sizes), recipe_steps(study.sizes)
+    names = " and ".join(m.name.split("(")[1].rstrip(")") for m in study.recipe_methods)
+    return (f"{names}: {study.sizes.dropout_epochs} epochs at batch 100, {steps:,} steps"
+            + ("" if scale == 1 else f"; its time constants scaled by {scale:g} to that budget"))
 
 
 # --------------------------------------------------------------------------- probes
@@ -499,3 +510,64 @@ def questions_text(study: Study) -> str:
     return (f"1. **Is every regularizer doing something?** {acting}.\n"
             f"2. **Was every method tuned as well as the others?** {tuned}\n"
             f"3. **Which differences exceed the noise?** {noise} (the ranking below).")
+
+
+# --------------------------------------------------------------------------- the authors' recipe
+def _effective_step(result) -> tuple[float, int]:
+    from .training import TrainConfig, largest_effective_step
+
+    train = dict(result.config["train"])
+    return largest_effective_step(TrainConfig(**train), result.history.steps_per_epoch)
+
+
+def recipe_rows(study: Study):
+    """Dropout + max-norm with this project's recipe against the authors' (and the paper's B.1
+    values where the profile trains them): test and validation error (mean over seeds), hidden units
+    at the cap at the end, dead units, the largest effective step ε/(1 − m) of the run, whether it
+    diverged, and Table 9's value."""
+    import pandas as pd
+
+    ours = [r for r in study.final if r.method == "dropout + max-norm"]
+    rows = []
+    for name, runs in [("dropout + max-norm (this project's recipe)", ours),
+                       *[(m.name, [r for r in study.recipe if r.method == m.name]) for m in study.recipe_methods]]:
+        cfg = runs[0].config["train"]
+        step, at = _effective_step(runs[0])
+        rows.append({"method": name, "test error (%)": sum(_pct(r.test_error) for r in runs) / len(runs),
+                     "validation error (%)": sum(_pct(r.val_error) for r in runs) / len(runs),
+                     "c": cfg["max_norm"], "final momentum": cfg["momentum"],
+                     "units at the cap (%)": sum(100 * r.history.at_cap[-1] for r in runs) / len(runs),
+                     "dead units (%)": sum(r.measurements["dead_pct"] for r in runs) / len(runs),
+                     "largest ε/(1 − m)": step, "reached at step": at,
+                     "diverged": "yes" if any(r.history.diverged for r in runs) else "no",
+                     "Table 9 (%)": TABLE9_TEST_ERROR["dropout + max-norm"]})
+    return pd.DataFrame(rows).set_index("method")
+
+
+def recipe_text(study: Study) -> str:
+    """What the authors' recipe answers about the paper's claim for max-norm: does it train with a
+    larger effective step than this project's recipe does, and how does it compare."""
+    rows = recipe_rows(study)
+    ours, authors = rows.iloc[0], rows.iloc[1]
+    _, largest = lr_facts(study)
+    ours_top = largest["dropout + max-norm"] / (1 - study.chosen_method("dropout + max-norm").train.momentum)
+    noise = 2 * math.sqrt(2) * _binomial_se(ours["test error (%)"], len(study.data.test))
+    gap = authors["test error (%)"] - ours["test error (%)"]
+    survived = authors["diverged"] == "no" and authors["dead units (%)"] < 5
+    claim = ("so the paper's claim holds in its own recipe: max-norm lets dropout train at effective steps "
+             f"{authors['largest ε/(1 − m)'] / ours_top:.1f} times the largest this project's recipe trained at"
+             if survived and authors["largest ε/(1 − m)"] > ours_top else
+             "so even in its own recipe max-norm did not keep the network whole at that step" if not survived else
+             "so the authors' recipe takes no larger step than this project's: it does not test the claim")
+    compare = (f"{abs(gap):.2f} points {'worse' if gap > 0 else 'better'} than this project's recipe, "
+               f"{'beyond' if abs(gap) > noise else 'within'} the noise ({noise:.2f})")
+    scaled = study.recipe_methods[0].train.lr_half_life_steps / 10_000
+    scale_note = ("" if scaled == 1 else f" At this profile's budget the recipe's time constants are scaled by "
+                  f"{scaled:g} (its learning rate's half-life and momentum ramp end at the same fraction of "
+                  f"training as in the authors' million steps), so this is the recipe's shape, not its dynamics.")
+    return (f"The authors' recipe reaches an effective step ε/(1 − m) of {authors['largest ε/(1 − m)']:.2f} (at step "
+            f"{authors['reached at step']:,}) and ends with {authors['dead units (%)']:.1f} % dead units, "
+            f"{authors['units at the cap (%)']:.0f} % of hidden units at the cap and {authors['test error (%)']:.2f} % "
+            f"test error: {compare}. In the learning-rate study, this project's dropout + max-norm trained up to "
+            f"learning rate {largest['dropout + max-norm']:g}, an effective step of {ours_top:.2f}; {claim}."
+            f"{scale_note}")

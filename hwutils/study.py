@@ -33,8 +33,8 @@ from pathlib import Path
 from .cache import run_stem
 from .experiments import (MAX_TOGETHER, Method, choices_at_edge, compare_to_noise, grid_fields, run_facts,
                           run_key, run_sweep, search_candidates, search_choices, summarize)
-from .profiles import (LONG_L2, LR_STUDY, TABLE9_TEST_ERROR, final_methods, inherit_l2, mnist_methods,
-                       mnist_profile, mnist_search_grids, mnist_splits)
+from .profiles import (LONG_L2, LR_STUDY, TABLE9_TEST_ERROR, authors_recipe_methods, final_methods, inherit_l2,
+                       mnist_methods, mnist_profile, mnist_search_grids, mnist_splits)
 from .thresholds import at_cap_text, near_zero_text
 
 __all__ = ["Study", "Stage", "Batch", "Estimate", "SearchOutcome", "shard_jobs", "busy_note", "duration",
@@ -297,9 +297,20 @@ class Study:
                                               on_nan="stop"),))
 
     def final_stage(self, chosen) -> Stage:
-        """The six methods at the final budget with their chosen constants, and the control."""
-        return Stage("final runs", (Batch("final runs", tuple(final_methods(self.sizes, chosen)), self.sizes.seeds,
-                                          "final", evaluate_test=True),))
+        """The six methods at the final budget with their chosen constants, the control, and the
+        authors' recipe as configured (no search: it depends on no choice)."""
+        return Stage("final runs", (
+            Batch("final runs", tuple(final_methods(self.sizes, chosen)), self.sizes.seeds, "final",
+                  evaluate_test=True),
+            Batch("authors' recipe", tuple(self.recipe_methods), self.sizes.seeds, "final", on_nan="stop",
+                  evaluate_test=True)))
+
+    @property
+    def recipe_methods(self) -> list[Method]:
+        """Dropout + max-norm as the authors configured it, and with the paper's B.1 values where the
+        profile pays for it (:func:`hwutils.profiles.authors_recipe_methods`)."""
+        methods = authors_recipe_methods(self.sizes)
+        return methods if self.sizes.paper_b1 else methods[:1]
 
     @property
     def high_lr(self) -> float:
@@ -441,9 +452,18 @@ class Study:
         return self._method(self.chosen, name)
 
     @functools.cached_property
+    def _final_batches(self) -> list[list]:
+        return self.complete(self.final_stage(self.chosen))
+
+    @property
     def final(self) -> list:
         """The final runs: the six methods at the final budget and the control, every seed."""
-        return self.complete(self.final_stage(self.chosen))[0]
+        return self._final_batches[0]
+
+    @property
+    def recipe(self) -> list:
+        """The authors'-recipe runs, every seed."""
+        return self._final_batches[1]
 
     def train_all(self) -> None:
         """Every stage in order - what the headless runner does."""

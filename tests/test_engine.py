@@ -151,7 +151,7 @@ def test_a_run_trained_together_is_the_same_cached_run_as_one_trained_alone(moon
     monkeypatch.setattr(experiments, "fit_members", no_training)
     alone = run(methods[1], moons, seed=1, results_dir=tmp_path, together=False, progress=False)
     twin = next(r for r in batched if r.method == "tiny + L2" and r.seed == 1)
-    assert alone.key == twin.key == run_key(methods[1], {}, 1)
+    assert alone.key == twin.key == run_key(methods[1], moons.spec, 1)
     assert alone.history == twin.history and alone.test_error == twin.test_error
 
 

@@ -1,3 +1,4 @@
+import dataclasses
 import pytest
 import torch
 
@@ -30,7 +31,8 @@ def test_a_changed_parameter_or_force_retrains(moons, tmp_path, monkeypatch):
     monkeypatch.setattr(experiments, "fit_members", lambda *a, **k: calls.append(1) or real_fit(*a, **k))
     run(TINY.replace(lr=0.01), moons, seed=0, results_dir=tmp_path, progress=False)
     run(TINY, moons, seed=1, results_dir=tmp_path, progress=False)
-    run(TINY, moons, seed=0, results_dir=tmp_path, progress=False, data_spec={"noise": 0.2})
+    other_data = dataclasses.replace(moons, spec={**moons.spec, "noise": 0.2})  # what other data says
+    run(TINY, other_data, seed=0, results_dir=tmp_path, progress=False)
     run(TINY, moons, seed=0, results_dir=tmp_path, progress=False, force=True)
     run(TINY, moons, seed=0, results_dir=tmp_path, progress=False)
     assert len(calls) == 4
