@@ -23,6 +23,7 @@ from .models import MLP, StackedMLP
 from .optim import adam_update_, sgd_update_
 from .progress import progress_bar
 from .regularizers import L1Schedule, member_regularizers
+from .threads import TrainingThreads
 
 __all__ = ["TrainConfig", "History", "fit", "fit_members", "train_step", "evaluate", "evaluate_members",
            "step_seconds", "momentum_at", "largest_effective_step"]
@@ -391,6 +392,7 @@ def fit_members(models, train: Split, val: Split, configs, *, names=None, progre
     active = [True] * k
     best = [(math.inf, None, 0)] * k                    # (score, weights, epochs since) per member
     bar = progress_bar(total=epochs, desc=desc or ", ".join(names), unit="epoch", disable=not progress)
+    threads = TrainingThreads(device)  # on the CPU: as many as the cores other processes leave free
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
         net.train()
@@ -407,6 +409,7 @@ def fit_members(models, train: Split, val: Split, configs, *, names=None, progre
             r.start_epoch(epoch - 1, epochs)
         losses = torch.empty(steps, k, device=device)
         for b in range(steps):
+            threads.adapt()  # re-decided at most every WINDOW_SECONDS: a neighbour may start mid-epoch
             losses[b] = step(order[:, b * bs:(b + 1) * bs], lrs[b], momenta[b])
         val_loss, val_error = evaluate_members(net, val)
         penalty = sum(r.value(net.weights) for r in regularizers) + torch.zeros(k, device=device)
@@ -440,6 +443,7 @@ def fit_members(models, train: Split, val: Split, configs, *, names=None, progre
         if not any(active):
             break
     bar.close()
+    threads.restore()
     with torch.no_grad():
         for m, (_, weights, _) in enumerate(best):
             if weights is not None:                                     # early stopping: best epoch back
@@ -501,6 +505,8 @@ def step_seconds(hidden, batch_size: int, members: int = 1, *, dropout: bool = F
         replayed = _ReplayedStep(lambda i, l, m: train_step(net, data, i, l, regularizers, optimizer, m),
                                  idx.shape, members, device)
         step = lambda: replayed(idx, lr)
+    threads = TrainingThreads(device)  # the threads fit would train with now (hwutils.threads)
+    threads.adapt()
     for _ in range(warmup):
         step()
     if device.type == "cuda":
@@ -510,4 +516,6 @@ def step_seconds(hidden, batch_size: int, members: int = 1, *, dropout: bool = F
         step()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return (time.perf_counter() - start) / steps
+    seconds = (time.perf_counter() - start) / steps
+    threads.restore()
+    return seconds

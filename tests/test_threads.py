@@ -1,0 +1,55 @@
+"""Specifications of hwutils.threads: training takes the cores other processes leave free."""
+import pytest
+import torch
+
+from hwutils import threads
+from hwutils.threads import CpuSample, TrainingThreads, busy_elsewhere, thread_count
+
+
+@pytest.mark.parametrize("cores, elsewhere, limit, expected", [
+    (2, 0.0, 2, 2),    # alone: every core
+    (2, 0.3, 2, 2),    # a shell, an editor: not worth a core
+    (2, 1.0, 2, 1),    # one busy neighbour thread (or a neighbour sharing both cores with our two)
+    (2, 2.0, 2, 1),    # a neighbour on every core: one thread, never none
+    (2, 0.0, 1, 1),    # never more than the caller set
+    (16, 4.2, 16, 12),
+    (16, 0.0, 8, 8),
+])
+def test_the_thread_count_is_the_cores_other_processes_leave_free(cores, elsewhere, limit, expected):
+    assert thread_count(cores, elsewhere, limit) == expected
+
+
+def test_busy_elsewhere_is_the_busy_time_of_the_cores_less_our_own():
+    before, after = CpuSample(wall=10.0, busy=100.0, own=5.0), CpuSample(wall=12.0, busy=103.0, own=6.0)
+    assert busy_elsewhere(before, after) == pytest.approx(1.0)  # 3 busy core-seconds in 2 s, 1 of them ours
+    assert busy_elsewhere(after, after) == 0.0
+
+
+def test_a_training_run_puts_the_callers_thread_count_back(moons, monkeypatch):
+    from hwutils.models import MLP
+    from hwutils.training import TrainConfig, fit
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(threads, "thread_count", lambda cores, elsewhere, limit: 1)  # as if the machine were busy
+    monkeypatch.setattr(TrainingThreads, "_last", None)
+    seen = []
+    monkeypatch.setattr(TrainingThreads, "adapt", lambda self, real=TrainingThreads.adapt: seen.append(real(self)))
+    fit(MLP(2, (4,), 2), moons.train, moons.val, TrainConfig(epochs=2, batch_size=50), progress=False)
+    assert len(seen) == 2 * 4 and set(seen) == {1}  # before each of the 2 x 4 steps
+    assert torch.get_num_threads() == before
+
+
+def test_threads_fixed_by_the_environment_are_not_adapted(monkeypatch):
+    monkeypatch.setenv(threads.THREADS_ENV, "1")
+    monkeypatch.setattr(threads, "cpu_sample", lambda: pytest.fail("measured although the count is fixed"))
+    before = torch.get_num_threads()
+    run = TrainingThreads("cpu")
+    assert run.adapt() == 1 and torch.get_num_threads() == 1
+    run.restore()
+    assert torch.get_num_threads() == before
+
+
+def test_a_bad_thread_count_in_the_environment_is_one_line(monkeypatch):
+    monkeypatch.setenv(threads.THREADS_ENV, "all")
+    with pytest.raises(ValueError, match="HWUTILS_THREADS='all' is not a thread count: set a whole number"):
+        TrainingThreads("cpu")
