@@ -1,11 +1,11 @@
 """Plotting: one seaborn style, and the figures the notebooks share.
 
 Every function takes already-computed results (histories, models, tables), draws on new or given
-axes, labels every axis with its unit, and returns the matplotlib Figure.
+axes, labels every axis with its unit, and returns the matplotlib Figure. Showing a figure with
+its numbered caption, tables and number formatting are :mod:`hwutils.display`'s.
 """
 from __future__ import annotations
 
-import io
 import math
 
 import matplotlib.pyplot as plt
@@ -15,15 +15,16 @@ import seaborn as sns
 import torch
 
 from .diagnostics import flat_weights, hidden_activity, unit_norms
+from .display import CONSTANT_LABELS, format_percent
 from .optim import bias_correction, uncorrected_step_ratio
 
 __all__ = [
-    "PAGE_WIDTH", "use_style", "caption", "format_percent", "method_colors", "method_styles",
+    "PAGE_WIDTH", "use_style", "method_colors", "method_styles",
     "plot_training_curves", "plot_iteration_loss", "plot_decision_boundaries",
     "plot_weight_histograms", "plot_error_bars", "plot_sweep", "plot_method_panels",
     "plot_unit_norms", "plot_activity", "plot_point_cloud", "plot_second_moment_check",
-    "plot_second_moment_deviation", "plot_uncorrected_steps", "plot_nonstationary", "show_table",
-    "show_settings", "plot_lr_study", "plot_l1_tradeoff",
+    "plot_second_moment_deviation", "plot_uncorrected_steps", "plot_nonstationary",
+    "plot_lr_study", "plot_l1_tradeoff",
 ]
 
 #: Width (inches) of a figure that spans the text column: the PDF shows it at ≈ 6.3 in, so the
@@ -57,12 +58,10 @@ METHOD_STYLES = {
     "dropout + max-norm": {"color": PALETTE[5], "ls": "-"},
 }
 _assigned_styles: dict[str, dict] = {}  # methods outside METHOD_STYLES, in order of first use
-_figure_count = [0]  # figures captioned so far in this kernel (one notebook)
 
 
 def use_style() -> None:
-    """The report's one figure style, sized for the page (call once at the top of a notebook;
-    it also restarts the figure numbers of :func:`caption`)."""
+    """The report's one figure style, sized for the page (call once at the top of a notebook)."""
     sns.set_theme(style="whitegrid", context="paper", palette="colorblind")
     plt.rcParams.update({
         "figure.dpi": 120, "savefig.dpi": 120, "figure.figsize": (PAGE_WIDTH, 3.2),
@@ -70,33 +69,6 @@ def use_style() -> None:
         "xtick.labelsize": 9, "ytick.labelsize": 9, "legend.fontsize": 8.5,
         "legend.title_fontsize": 8.5, "figure.titlesize": 11, "lines.linewidth": 1.5,
     })
-    _figure_count[0] = 0
-
-
-def caption(text: str, fig=None) -> None:
-    """Show ``fig`` (default: every open figure) and below it "**Figure N.** text", numbering the
-    figures of a notebook 1, 2, … The figures are closed, so the notebook shows them only here.
-    They are shown as PNG images, so they appear whatever the matplotlib backend (e.g. Agg)."""
-    from IPython.display import Image, Markdown, display
-
-    figures = [fig] if fig is not None else [plt.figure(n) for n in plt.get_fignums()]
-    for figure in figures:
-        png = io.BytesIO()
-        figure.savefig(png, format="png", bbox_inches="tight")
-        display(Image(data=png.getvalue(), format="png"))
-        plt.close(figure)
-    _figure_count[0] += 1
-    display(Markdown(f"**Figure {_figure_count[0]}.** {text}"))
-
-
-def format_percent(value: float, digits: int = 1) -> str:
-    """A percentage with ``digits`` decimals, or more where rounding would turn a value strictly
-    between 0 and 100 into 0 or 100: 99.95 stays "99.95", never "100.0"."""
-    text = f"{value:.{digits}f}"
-    while 0 < value < 100 and float(text) in (0.0, 100.0) and digits < 8:
-        digits += 1
-        text = f"{value:.{digits}f}"
-    return text
 
 
 def method_styles(names) -> dict[str, dict]:
@@ -439,14 +411,14 @@ def plot_point_cloud(data, title=None):
 
 # --------------------------------------------------------------------------- Part 1: Adam
 def plot_second_moment_check(t, mean, se, beta2s, title=None):
-    """Monte-Carlo mean of v_t / V (band: ± 2 s.e.) per β₂ against the derived factor 1 − β₂ᵗ and
-    the off-by-one 1 − β₂ᵗ⁺¹; ``mean`` and ``se`` have one row per β₂."""
+    """Monte-Carlo mean of v_t / V (band: ± 2 s.e.) per β₂ against the derived factor 1 − β₂ᵗ
+    (dashed) and the off-by-one 1 − β₂ᵗ⁺¹ (dotted); ``mean`` and ``se`` have one row per β₂."""
     fig, axes = plt.subplots(1, len(beta2s), figsize=(PAGE_WIDTH, 3.3), sharey=True)
     for ax, beta2, m, s in zip(np.atleast_1d(axes), beta2s, mean, se):
         ax.plot(t, m, color="C0", lw=4, alpha=0.4, label="measured")  # wide: visible under the lines
         ax.fill_between(t, m - 2 * s, m + 2 * s, color="C0", alpha=0.35, label="± 2 s.e.")
         ax.plot(t, bias_correction(beta2, t), "k--", lw=1, label=r"$1-\beta_2^t$ (derived)")
-        ax.plot(t, bias_correction(beta2, t + 1), color="C3", lw=1,
+        ax.plot(t, bias_correction(beta2, t + 1), color="C3", ls=":", lw=1.6,
                 label=r"$1-\beta_2^{t+1}$ (slip)")
         ax.set(xscale="log", yscale="log", xlabel="step $t$", title=rf"$\beta_2 = {beta2}$")
     np.atleast_1d(axes)[0].set_ylabel(r"$\mathbb{E}[v_t]\,/\,V$")
@@ -527,37 +499,7 @@ def plot_nonstationary(t, curves: dict, beta2s, drifts: dict, title=None):
     return fig
 
 
-def show_settings(settings: dict, header: str = "setting") -> None:
-    """Display ``{name: value}`` as a two-column table (e.g. an experiment's set-up)."""
-    import pandas as pd
-
-    frame = pd.DataFrame({"value": [str(v) for v in settings.values()]},
-                         index=pd.Index(list(settings), name=header))
-    show_table(frame)
-
-
-def show_table(frame, floatfmt: str = ".3g", index: bool = True) -> None:
-    """Display a table as Markdown: a real table in the notebook, the HTML and the PDF report alike.
-
-    Float columns are formatted with ``floatfmt``; every other cell is shown as it is (tabulate
-    would otherwise turn the text "0.99" into the number 1.0 under a one-digit format)."""
-    import pandas as pd
-    from IPython.display import Markdown, display
-
-    cell = lambda v: format(v, floatfmt) if isinstance(v, float) and pd.notna(v) else ("" if pd.isna(v) else str(v))
-    shown = frame.copy()
-    for column in shown.columns:
-        shown[column] = [cell(v) for v in shown[column]]
-    shown.index = [cell(v) if isinstance(v, float) else v for v in shown.index]
-    shown.index.name = frame.index.name
-    display(Markdown(shown.to_markdown(index=index, disable_numparse=True)))
-
-
 # --------------------------------------------------------------------------- Part 3: the studies
-#: How a searched training field is written in figures and text.
-CONSTANT_LABELS = {"l2": "λ₂", "l1": "λ₁", "kl": "β", "max_norm": "c", "lr": "learning rate"}
-
-
 def plot_lr_study(table, chosen: dict | None = None, title=None):
     """The learning-rate study, from a search table (one row per run: ``method``, ``lr``, its
     constant ``field``/``value``, ``val_error_pct``, ``diverged``, ``at_cap_peak_pct``,

@@ -4,7 +4,10 @@ Everything comes from the virtual environment: pandoc from the ``pypandoc-binary
 compiler and its fonts from the ``typst`` wheel. The two are pinned to a pair that works together
 (pyproject.toml): pandoc's Typst writer and the Typst compiler change symbol names between releases.
 
-* :func:`notebook_markdown` - nbconvert's Markdown of a notebook, figures extracted beside it;
+* :func:`notebook_markdown` - nbconvert's Markdown of a notebook, figures extracted beside it,
+  with the report's figure and table numbers resolved (:func:`cross_reference`: captions become
+  anchors, ``@fig-…``/``@tbl-…`` citations links, each image's alt text its caption) and its
+  minus signs (:func:`typography`);
 * :func:`markdown_to_html` - one self-contained HTML file (figures as data URIs, math as MathML:
   no CDN, reads offline);
 * :func:`markdown_to_pdf` - A4 PDF through the ``hw3_typst`` template (title page and contents
@@ -18,7 +21,10 @@ import struct
 import subprocess
 from pathlib import Path
 
-__all__ = ["pandoc", "notebook_markdown", "markdown_to_html", "markdown_to_pdf", "TypesetError"]
+from .display import CAPTION, CITATION
+
+__all__ = ["pandoc", "notebook_markdown", "cross_reference", "typography", "markdown_to_html",
+           "markdown_to_pdf", "TypesetError"]
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 TYPST_TEMPLATE = TEMPLATES / "hw3_typst" / "template.typ"
@@ -26,9 +32,10 @@ HTML_CSS = TEMPLATES / "hw3_html" / "style.css"
 FIGURES = "figures"
 # The page's text block (A4 less the template's margins) and the tallest a figure may be on it.
 TEXT_WIDTH_CM, MAX_FIGURE_HEIGHT_CM = 16.6, 20.0
-# Pandoc's Markdown, with images never turned into captioned figures (nbconvert's alt text is "png").
+# Pandoc's Markdown, with images never turned into captioned figures: the caption under an image
+# is its own paragraph (and its alt text, see cross_reference).
 READER = "markdown-implicit_figures"
-_IMAGE = re.compile(r"^!\[[^\]]*\]\(([^)\s]+\.png)\)\s*$", re.MULTILINE)
+_IMAGE = re.compile(r"^!\[([^\]]*)\]\(([^)\s]+\.png)\)\s*$", re.MULTILINE)
 
 
 class TypesetError(RuntimeError):
@@ -69,7 +76,7 @@ def notebook_markdown(nb, workdir: Path, **exporter_kwargs) -> str:
         path = Path(workdir) / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
-    return glue_numbers(body)
+    return cross_reference(typography(glue_numbers(body)))
 
 
 CODE_WIDTH = 92  # characters of the PDF's 8 pt monospace in the text width
@@ -97,6 +104,154 @@ _PERCENT = re.compile(r"(?<=\d) %")
 def glue_numbers(markdown: str) -> str:
     """Keep "16.03 ± 0.49" and "12 %" on one line (non-breaking spaces)."""
     return _PERCENT.sub("\u00a0%", _PLUS_MINUS.sub("\u00a0±\u00a0", markdown))
+
+
+def _blocks(markdown: str) -> list[str]:
+    """The Markdown's blocks (separated by blank lines); fenced and indented code kept whole."""
+    blocks, current, fence = [], [], None
+    for line in markdown.split("\n"):
+        stripped = line.lstrip()
+        if fence:
+            current.append(line)
+            if stripped.startswith(fence):
+                fence = None
+            continue
+        if stripped.startswith(("```", "~~~")) and not current:
+            fence = stripped[:3]
+            current.append(line)
+            continue
+        if not line.strip():
+            if current and all(not c.strip() or c.startswith("    ") for c in current):
+                current.append(line)  # a blank line inside indented code, or after it
+            elif current:
+                blocks.append("\n".join(current))
+                current = []
+            continue
+        if current and not line.startswith("    ") and not current[-1].strip():
+            blocks.append("\n".join(current).rstrip("\n "))  # indented code ended at a blank line
+            current = []
+        current.append(line)
+    if current:
+        blocks.append("\n".join(current).rstrip("\n "))
+    return [b for b in blocks if b.strip()]
+
+
+# Inline code, math, link targets and HTML tags: no typography or citation inside them.
+_PROTECTED = re.compile(r"(`+).*?\1|\$\$.*?\$\$|\$[^$\n]+?\$|\]\([^)\s]*\)|<[^>\n]*>", re.S)
+_MINUS = re.compile(r"(?<![\w.\-\u2212])-(?=\d)")  # "-0.24", "(-3", not "1e-3", "0-3", "--2"
+
+
+def _is_code(block: str) -> bool:
+    return block.startswith(("```", "~~~", "    "))
+
+
+def _in_prose(block: str, change) -> str:
+    """``change`` applied to the text of a Markdown block outside inline code, math, link targets
+    and HTML tags (code blocks are left as they are)."""
+    if _is_code(block):
+        return block
+    out, pos = [], 0
+    for match in _PROTECTED.finditer(block):
+        out += [change(block[pos:match.start()]), match.group(0)]
+        pos = match.end()
+    return "".join(out + [change(block[pos:])])
+
+
+def typography(markdown: str) -> str:
+    """The same minus sign in the HTML and the PDF: U+2212 for a negative number ("-0.24" is a
+    hyphen in HTML and a minus in Typst). (Apostrophes: pandoc's smart quotes in the HTML,
+    :func:`_typst_apostrophes` in the PDF.)"""
+    fix = lambda text: _MINUS.sub("\u2212", text)
+    return "\n\n".join(_in_prose(block, fix) for block in _blocks(markdown)) + "\n"
+
+
+def _alt_text(caption: str) -> str:
+    """A caption as plain text for an image's alt attribute: no Markdown, no TeX commands."""
+    text = re.sub(r"<[^>]*>", "", caption)
+    text = re.sub(r"\\([A-Za-z]+)", r"\1", text)  # $\beta_2$ -> beta_2
+    text = re.sub(r"[\[\]$*`{}\\]", "", text)
+    return " ".join(text.split())
+
+
+def _part_number(block: str) -> str | None:
+    match = re.match(r"# Part (\d+)\b", block)
+    return match.group(1) if match else None
+
+
+def cross_reference(markdown: str) -> str:
+    """Number-check, anchor and cite the captions of :mod:`hwutils.display` in one document.
+
+    * every caption's number is unique, and under a heading "# Part N" it is "N.k";
+    * a labelled caption becomes an anchor (``[**Figure 2.3.**]{#fig-2-x}``), and each citation
+      ``@fig-x`` / ``@tbl-x``, before or after it, a link "Figure 2.3" to it. Labels are the
+      part's own: a citation means its own part's label, else the one other part's that has it;
+    * each image gets its caption as alt text (the images just above a figure caption), and a
+      table caption becomes the table's caption (pandoc's ``Table:``);
+    * an image without a caption, a table without one, or a citation of no caption stops the
+      render with one line saying which.
+    """
+    blocks = _blocks(markdown)
+    numbers, labels, parts, part = {}, {}, [], None  # labels: (part, label) -> (name, anchor)
+    for i, block in enumerate(blocks):
+        part = _part_number(block) or part
+        parts.append(part)
+        match = None if _is_code(block) else CAPTION.match(block)
+        if not match:
+            continue
+        name = f"{match['kind']} {match['number']}"
+        if name in numbers:
+            raise TypesetError(f"{name} is numbered twice (\"{numbers[name][:40]}…\"): call "
+                               "hwutils.display.start_part(n) at the top of each notebook")
+        if part is not None and not match["number"].startswith(f"{part}."):
+            raise TypesetError(f"{name} (\"{match['text'][:40]}…\") is in Part {part}: call "
+                               f"hwutils.display.start_part({part}) at the top of its notebook")
+        numbers[name] = match["text"]
+        head = f"**{name}.**"
+        if match["label"]:
+            key = (part, match["label"])
+            if key in labels:
+                raise TypesetError(f"label {match['label']} names both {labels[key][0]} and {name}: "
+                                   "give each caption of a part its own label")
+            anchor = match["label"] if part is None else match["label"].replace("-", f"-{part}-", 1)
+            labels[key] = name, anchor
+            head = f"[{head}]{{#{anchor}}}"
+        blocks[i] = f"{head} {match['text']}"
+        if match["kind"] == "Table":
+            if i + 1 >= len(blocks) or not blocks[i + 1].startswith("|"):
+                raise TypesetError(f"{name} is a table caption with no table under it")
+            blocks[i] = "Table: " + blocks[i]
+        else:
+            j, alt = i - 1, _alt_text(f"{name}: {match['text']}")
+            while j >= 0 and _IMAGE.fullmatch(blocks[j]):
+                blocks[j] = _IMAGE.sub(lambda m: f"![{alt}]({m.group(2)})", blocks[j])
+                j -= 1
+            if j == i - 1:
+                raise TypesetError(f"{name} is a figure caption with no figure above it")
+    for i, block in enumerate(blocks):
+        previous = blocks[i - 1] if i else ""
+        if block.startswith("|") and not previous.startswith("Table: ") and not _is_code(block):
+            raise TypesetError(f"a table has no caption ({block.splitlines()[0][:60]}…): show it "
+                               "with hwutils.display.show_table(frame, caption)")
+        image = _IMAGE.fullmatch(block)
+        if image and not image.group(1).startswith(("Figure ", "Table ")):
+            raise TypesetError(f"figure {image.group(2)} has no caption: show it with "
+                               "hwutils.display.caption(text)")
+
+    def cite(part):
+        def link(match):
+            label = match["label"]
+            found = labels.get((part, label))
+            others = [v for (p, l), v in labels.items() if l == label and p != part]
+            if found is None and len(others) == 1:
+                found = others[0]
+            if found is None:
+                where = "in more than one other part" if others else "nowhere"
+                known = ", ".join(sorted({l for p, l in labels if p == part})) or "none"
+                raise TypesetError(f"@{label} cites a caption {where} (labels of this part: {known})")
+            return f"[{found[0].replace(' ', chr(0xA0))}](#{found[1]})"
+        return lambda text: CITATION.sub(link, text)
+
+    return "\n\n".join(_in_prose(block, cite(part)) for block, part in zip(blocks, parts)) + "\n"
 
 
 def count_figures(markdown: str) -> int:
@@ -132,67 +287,93 @@ def figure_width_percent(path: Path) -> float:
     return round(min(100.0, natural, tallest), 1)
 
 
-_FIGURE_BLOCK = '```{=typst}\n#align(center, block(breakable: false, image("PATH", width: WIDTH%)))\n```'
-_STICKY_OPEN, _STICKY_CLOSE = "```{=typst}\n#block(sticky: true)[\n```", "```{=typst}\n]\n```"
-KEEP_WITH_FIGURE = 2, 1200  # at most this many paragraphs, of at most this many characters in all
+# A figure and its caption float (Typst's place(float: true)): text fills the page around it, and
+# the figures of a part are placed before the next part begins (place.flush()).
+_FLOAT_OPEN = "```{=typst}\n#place(ALIGN, float: true, clearance: 1.4em)[\n#set text(size: 9.5pt)\nIMAGES\n```"
+_FLOAT_CLOSE = "```{=typst}\n]\n```"
+_FLUSH = "```{=typst}\n#place.flush()\n```"
+_TYPST_IMAGE = '#align(center, block(breakable: false, image("PATH", width: WIDTH%, alt: ALT)))'
+_BREAKABLE_OPEN = "```{=typst}\n#[#show figure: set block(breakable: true)\n```"
+_BREAKABLE_CLOSE = "```{=typst}\n]\n```"
+LONG_TABLE_ROWS = 45  # rows of 9 pt text that fill a page: a longer table may break across pages
+PAGE_HEIGHT_CM = 25.1  # the text block's height: A4 less the template's top and bottom margins
+CAPTION_HEIGHT_CM = 2.0  # room for a caption of a few lines under a floating figure
 
 
-def _blocks(markdown: str) -> list[str]:
-    """The Markdown's blocks (separated by blank lines); fenced and indented code kept whole."""
-    blocks, current, fence = [], [], None
-    for line in markdown.split("\n"):
-        stripped = line.lstrip()
-        if fence:
-            current.append(line)
-            if stripped.startswith(fence):
-                fence = None
-            continue
-        if stripped.startswith(("```", "~~~")) and not current:
-            fence = stripped[:3]
-            current.append(line)
-            continue
-        if not line.strip():
-            if current and all(not c.strip() or c.startswith("    ") for c in current):
-                current.append(line)  # a blank line inside indented code, or after it
-            elif current:
-                blocks.append("\n".join(current))
-                current = []
-            continue
-        if current and not line.startswith("    ") and not current[-1].strip():
-            blocks.append("\n".join(current).rstrip("\n "))  # indented code ended at a blank line
-            current = []
-        current.append(line)
-    if current:
-        blocks.append("\n".join(current).rstrip("\n "))
-    return [b for b in blocks if b.strip()]
+def _typst_string(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _is_paragraph(block: str) -> bool:
-    return not re.match(r"(#|\||```|~~~| {4}|\$\$|<|!\[|[-*+] |\d+[.)] |:::)", block)
+def _typst_image(image: re.Match, workdir: Path) -> tuple[str, float]:
+    """One image as Typst at its size (:func:`figure_width_percent`), its alt text kept; and its
+    height on the page (cm)."""
+    path = Path(workdir) / image.group(2)
+    width_pct = figure_width_percent(path)
+    w, h, _ = png_geometry(path)
+    alt = _typst_string(re.sub(r"\\(.)", r"\1", image.group(1)))  # the Markdown escapes undone
+    typst = _TYPST_IMAGE.replace("PATH", image.group(2)).replace("WIDTH", str(width_pct))
+    return typst.replace("ALT", alt), width_pct / 100 * TEXT_WIDTH_CM * h / w
 
 
 def _typst_figures(markdown: str, workdir: Path) -> str:
-    """Each figure (an image alone in its block) as a centred Typst block at its size
-    (:func:`figure_width_percent`). A figure that opens a section after at most two short paragraphs
-    keeps them and the heading with it: the paragraphs become sticky blocks, like Typst's headings."""
-    blocks = _blocks(markdown)
-    out = list(blocks)
-    for i, block in enumerate(blocks):
-        match = _IMAGE.fullmatch(block.strip())
-        if not match:
+    """Each figure - the images above one caption, and the caption - as one Typst float, where
+    text follows it in its section to fill the page around it. The first figure of a part floats
+    to the bottom of its page (not above the part's title), the others to the top or the bottom,
+    whichever is nearer: a float may come after the next section's heading, as in a paper, but
+    pending figures are placed before each part. A figure that only more figures follow in its
+    section, or one too tall for a page, stays in the flow, its last image kept with its caption
+    (and a heading above it with it)."""
+    blocks, out, pending, opening = _blocks(markdown), [], False, False
+    text_follows, seen_text = [False] * len(blocks), False  # text later in the same section?
+    for k in range(len(blocks) - 1, -1, -1):
+        text_follows[k] = seen_text
+        if re.match(r"#{1,2} ", blocks[k]):
+            seen_text = False
+        elif not (_IMAGE.fullmatch(blocks[k]) or re.match(r"\[?\*\*Figure ", blocks[k])):
+            seen_text = True
+    i = 0
+    while i < len(blocks):
+        if re.match(r"#{1,2} ", blocks[i]):
+            if blocks[i].startswith("# "):
+                out += [_FLUSH] if pending else []
+                pending, opening = False, True
+            out.append(blocks[i])
+            i += 1
             continue
-        path = match.group(1)
-        out[i] = _FIGURE_BLOCK.replace("PATH", path).replace("WIDTH", str(figure_width_percent(Path(workdir) / path)))
-        if i + 1 < len(blocks) and re.match(r"\*{1,2}(Figure|Fig\.)", blocks[i + 1]):
-            out[i] = out[i].replace("block(breakable: false,", "block(breakable: false, sticky: true,")  # + caption
-        j = i - 1
-        while j >= 0 and i - j <= KEEP_WITH_FIGURE[0] and _is_paragraph(blocks[j]):
-            j -= 1
-        intro = range(j + 1, i)
-        if j >= 0 and blocks[j].startswith("#") and sum(len(blocks[k]) for k in intro) <= KEEP_WITH_FIGURE[1]:
-            for k in intro:
-                out[k] = f"{_STICKY_OPEN}\n\n{blocks[k]}\n\n{_STICKY_CLOSE}"
+        images = []
+        while i < len(blocks) and _IMAGE.fullmatch(blocks[i]):
+            images.append(_typst_image(_IMAGE.fullmatch(blocks[i]), workdir))
+            i += 1
+        if not images:
+            table = blocks[i + 1] if blocks[i].startswith("Table: ") and i + 1 < len(blocks) else ""
+            if table.count("\n") > LONG_TABLE_ROWS:  # longer than a page: let it break
+                out += [_BREAKABLE_OPEN, blocks[i], table, _BREAKABLE_CLOSE]
+                i += 2
+                continue
+            out.append(blocks[i])
+            i += 1
+            continue
+        typst, height = [t for t, _ in images], sum(h for _, h in images)
+        captioned = i < len(blocks) and re.match(r"\[?\*\*Figure ", blocks[i])
+        if captioned and text_follows[i] and height + CAPTION_HEIGHT_CM <= PAGE_HEIGHT_CM:
+            align = "bottom" if opening else "auto"
+            out += [_FLOAT_OPEN.replace("ALIGN", align).replace("IMAGES", "\n".join(typst)),
+                    blocks[i], _FLOAT_CLOSE]
+            pending, opening = True, False
+            i += 1
+            continue
+        if captioned:  # the last image is kept with its caption
+            typst[-1] = typst[-1].replace("block(breakable: false,", "block(breakable: false, sticky: true,")
+        out += ["```{=typst}\n" + t + "\n```" for t in typst]
     return "\n\n".join(out) + "\n"
+
+
+def _typst_apostrophes(source: str) -> str:
+    """pandoc's Typst writer turns the apostrophe of "L2’s" back into ', which Typst prints as a
+    prime after a digit (L2′s): write it as ’ again (outside raw text)."""
+    parts = re.split(r"(```.*?```|`[^`\n]*`)", source, flags=re.S)
+    return "".join(part if k % 2 else re.sub(r"(?<=\d)'(?=[^\W\d_])", "\u2019", part)
+                   for k, part in enumerate(parts))
 
 
 def _metadata_args(title: str, subtitle: str | None, byline: list[str], date: str | None) -> list[str]:
@@ -241,7 +422,8 @@ def markdown_to_pdf(markdown: str, pdf_path: Path, workdir: Path, *, title: str,
         args += ["-M", f"description={description}"]
     warnings = [line for line in _run_pandoc(args, _typst_figures(markdown, workdir), workdir).splitlines() if line]
     # pandoc 3.9 writes \odot as dot.circle, which Typst 0.14 deprecates (and 0.15 removes): use dot.o.
-    typ.write_text(re.sub(r"\bdot\.circle\b", "dot.o", typ.read_text(encoding="utf-8")), encoding="utf-8")
+    source = re.sub(r"\bdot\.circle\b", "dot.o", typ.read_text(encoding="utf-8"))
+    typ.write_text(_typst_apostrophes(source), encoding="utf-8")
     try:
         pdf, typst_warnings = typst.compile_with_warnings(str(typ), root=str(workdir), ignore_system_fonts=True)
     except typst.TypstError as err:

@@ -48,13 +48,3 @@ def test_every_figure_labels_its_axes(moons):
                 xs, ys = ax.get_shared_x_axes().get_siblings(ax), ax.get_shared_y_axes().get_siblings(ax)
                 assert any(a.get_xlabel() for a in xs) and any(a.get_ylabel() for a in ys), f"unlabelled axis: {ax}"
     matplotlib.pyplot.close("all")
-
-
-def test_show_table_formats_floats_and_keeps_text_as_written(monkeypatch):
-    import pandas as pd
-
-    shown = []
-    monkeypatch.setattr("IPython.display.display", lambda obj: shown.append(obj.data))
-    frame = pd.DataFrame({"beta": ["0.9", "0.99"], "error": [1.23456, float("nan")]}).set_index("beta")
-    plotting.show_table(frame, floatfmt=".2f")
-    assert "0.99" in shown[0] and "1.23" in shown[0] and "nan" not in shown[0]

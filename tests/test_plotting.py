@@ -58,12 +58,6 @@ def test_a_method_keeps_its_colour_and_style_in_every_figure():
     assert styles["L2 + L1 (late)"]["ls"] != styles["L2"]["ls"]
 
 
-@pytest.mark.parametrize("value, text", [(99.95, "99.95"), (99.999, "99.999"), (100.0, "100.0"),
-                                         (0.0, "0.0"), (0.04, "0.04"), (12.34, "12.3")])
-def test_a_percentage_never_rounds_to_0_or_100_unless_it_is(value, text):
-    assert plotting.format_percent(value) == text
-
-
 def test_unit_norm_axis_always_shows_the_max_norm_radius():
     model = MLP(3, (5,), 2)
     with torch.no_grad():
@@ -126,18 +120,3 @@ def test_training_curves_keep_two_panels_per_row_and_no_empty_axes(two_methods):
     assert len(fig.axes) == 5  # the spare slot of the 3 x 2 grid holds the legend, not an axis
     assert max(sum(1 for b in fig.axes if abs(b.get_position().y0 - a.get_position().y0) < 1e-3)
                for a in fig.axes) == 2
-
-
-def test_captions_number_the_figures_of_a_notebook(monkeypatch):
-    from IPython.display import Image, Markdown
-
-    shown = []
-    monkeypatch.setattr("IPython.display.display", lambda obj: shown.append(obj))
-    plotting.use_style()
-    for text in ("first", "second"):
-        plt.figure()
-        plotting.caption(text)
-    texts = [o.data for o in shown if isinstance(o, Markdown)]
-    assert texts == ["**Figure 1.** first", "**Figure 2.** second"]
-    assert sum(isinstance(o, Image) for o in shown) == 2, "shown as images"
-    assert plt.get_fignums() == [], "a captioned figure is closed, so it is not shown twice"

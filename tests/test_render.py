@@ -15,6 +15,8 @@ $\hat v_t = v_t / (1-\beta_2^t)$, $g_t \odot g_t$.
 
 $$\mathbb{E}[v_t] = (1-\beta_2)\sum_{i=1}^{t} \beta_2^{\,t-i}\, \mathbb{E}[g_i^2].$$
 
+**Table 1.1.** Test error of one method.
+
 | method | λ | test error (%) |
 |---|---|---|
 | L2 | λ₂ = 1e-4 | 16.03 ± 0.49 |
@@ -23,7 +25,8 @@ $$\mathbb{E}[v_t] = (1-\beta_2)\sum_{i=1}^{t} \beta_2^{\,t-i}\, \mathbb{E}[g_i^2
 
 @pytest.fixture
 def figure_notebook(tmp_path):
-    """An executed-looking notebook: Markdown with math and a table, one PNG figure, stderr noise."""
+    """An executed-looking notebook: Markdown with math and a table, one PNG figure with its
+    caption (as hwutils.display shows them), stderr noise."""
     import base64
 
     import matplotlib
@@ -39,6 +42,7 @@ def figure_notebook(tmp_path):
     png = base64.b64encode(buf.getvalue()).decode()
     plot = nbformat.v4.new_code_cell("plot_curves(results)", outputs=[
         nbformat.v4.new_output("display_data", data={"image/png": png, "text/plain": "<Figure>"}),
+        nbformat.v4.new_output("display_data", data={"text/markdown": "**Figure 1.1.** A straight line."}),
         nbformat.v4.new_output("stream", name="stderr", text="100%|##########| 5/5 [00:01<00:00]\n")])
     return nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(MATH_AND_TABLE), plot])
 
@@ -58,6 +62,8 @@ def test_pdf_and_html_need_no_system_tool(figure_notebook, tmp_path, monkeypatch
     assert "1 Part 1" not in text and "5/5" not in text  # no section number; stderr left out
     page = html.read_text(encoding="utf-8")
     assert page.count("data:image/png;base64") == 1 and "<math" in page
+    assert 'alt="Figure 1.1: A straight line."' in page and 'alt="png"' not in page
+    assert "<caption><strong>Table 1.1.</strong> Test error of one method.</caption>" in page
     assert "mathjax" not in page.lower() and "<script src" not in page and "5/5" not in page
     assert page.count(report.COURSE) == 1 and page.count('class="date"') == 1  # the date once
 
@@ -153,3 +159,100 @@ def test_follow_prints_each_new_line_with_the_notebook_prefix(tmp_path):
         with open(log, "a") as f:
             f.write("L2 seed 0: 2/2 epoch\nhalf a li")
     assert out.getvalue().splitlines() == ["[03_mnist] L2 seed 0: 1/2 epoch", "[03_mnist] L2 seed 0: 2/2 epoch"]
+
+
+def _markdown_notebook(*cells):
+    """A notebook of Markdown cells and of code cells whose outputs are the given Markdown (a str)
+    or a figure (the bytes of a PNG)."""
+    import base64
+
+    nb_cells = []
+    for cell in cells:
+        if isinstance(cell, str) and not cell.startswith("output:"):
+            nb_cells.append(nbformat.v4.new_markdown_cell(cell))
+            continue
+        data = ({"text/markdown": cell[len("output:"):]} if isinstance(cell, str)
+                else {"image/png": base64.b64encode(cell).decode(), "text/plain": "<Figure>"})
+        nb_cells.append(nbformat.v4.new_code_cell("show()", outputs=[nbformat.v4.new_output("display_data",
+                                                                                           data=data)]))
+    return nbformat.v4.new_notebook(cells=nb_cells)
+
+
+@pytest.fixture
+def png():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=(6, 3), dpi=100)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def test_citations_link_to_their_figure_and_table_in_both_outputs(png, tmp_path):
+    nb = _markdown_notebook(
+        "# Part 2 — cited\n\nAs @fig-line shows, and @tbl-numbers lists:",
+        png, 'output:<a id="fig-line"></a>**Figure 2.1.** A line.',
+        'output:<a id="tbl-numbers"></a>**Table 2.1.** Numbers.\n\n| a | b |\n|---|---|\n| -0.24 | L2\'s |',
+        "Back to @fig-line.")
+    html, pdf = tmp_path / "p.html", tmp_path / "p.pdf"
+    report.render(nb, html, pdf, show_code=False, engine="typst")
+    page = html.read_text(encoding="utf-8")
+    assert page.count('<a href="#fig-2-line">Figure\u00a02.1</a>') == 2 and 'id="fig-2-line"' in page
+    assert '<a href="#tbl-2-numbers">Table\u00a02.1</a>' in page and 'id="tbl-2-numbers"' in page
+    assert "\u22120.24" in page and "L2\u2019s" in page, "a minus sign and an apostrophe"
+
+    from pypdf import PdfReader
+
+    text = "".join(p.extract_text() for p in PdfReader(pdf).pages)
+    assert "As Figure\u00a02.1 shows, and Table\u00a02.1 lists" in text and "Back to Figure\u00a02.1" in text
+    assert "\u22120.24" in text and "L2\u2019s" in text and "L2\u2032s" not in text  # no prime
+
+
+@pytest.mark.parametrize("markdown, problem", [
+    ("# Part 1 — a\n\n![png](a.png)\n\n**Figure 1.1.** one\n\n# Part 2 — b\n\n![png](b.png)\n\n"
+     "**Figure 1.1.** two", "Figure 1.1 is numbered twice"),
+    ("# Part 3 — c\n\n![png](a.png)\n\n**Figure 1.** one", "start_part(3)"),
+    ("# Part 1 — a\n\n![png](a.png)\n\ntext", "figure a.png has no caption"),
+    ("# Part 1 — a\n\n| a |\n|---|\n| 1 |", "a table has no caption"),
+    ("# Part 1 — a\n\nSee @fig-nowhere.", "@fig-nowhere cites a caption nowhere"),
+    ('# Part 1 — a\n\n![png](a.png)\n\n<a id="fig-x"></a>**Figure 1.1.** one\n\n![png](b.png)\n\n'
+     '<a id="fig-x"></a>**Figure 1.2.** two', "label fig-x names both"),
+])
+def test_numbers_are_unique_across_the_report_and_every_figure_table_and_citation_is_captioned(
+        markdown, problem):
+    with pytest.raises(typeset.TypesetError, match=problem.replace("(", r"\(").replace(")", r"\)")) as err:
+        typeset.cross_reference(markdown)
+    assert "\n" not in str(err.value)
+
+
+def test_a_label_means_its_own_parts_caption_and_another_parts_when_only_that_one_has_it():
+    markdown = typeset.cross_reference(
+        '# Part 1 — a\n\n![png](a.png)\n\n<a id="fig-curves"></a>**Figure 1.1.** one\n\nSee @fig-curves, '
+        '@fig-only-2.\n\n# Part 2 — b\n\n![png](b.png)\n\n<a id="fig-curves"></a>**Figure 2.1.** two\n\n'
+        '![png](c.png)\n\n<a id="fig-only-2"></a>**Figure 2.2.** three\n\nSee @fig-curves.')
+    assert "See [Figure\u00a01.1](#fig-1-curves), [Figure\u00a02.2](#fig-2-only-2)." in markdown
+    assert "See [Figure\u00a02.1](#fig-2-curves)." in markdown
+    assert "![Figure 2.2: three](c.png)" in markdown, "the caption is the image's alt text"
+
+
+def test_negative_numbers_get_a_minus_sign_but_code_math_exponents_and_ranges_do_not():
+    text = typeset.typography("a -0.24 (-3) | -1 | 1e-3 0-3 `x = -1` $-1$ --2\n\n    code -1\n")
+    assert text.startswith("a \u22120.24 (\u22123) | \u22121 | 1e-3 0-3 `x = -1` $-1$ --2")
+    assert "    code -1" in text
+
+
+def test_figures_float_where_text_can_fill_the_page_and_stay_in_their_part(png, tmp_path):
+    for name in "abc":
+        (tmp_path / f"{name}.png").write_bytes(png)
+    typst = typeset._typst_figures(
+        "# Part 1 — a\n\n![Figure 1.1: one](a.png)\n\n**Figure 1.1.** one\n\ntext after it\n\n"
+        "## Only figures\n\n![Figure 1.2: two](b.png)\n\n**Figure 1.2.** two\n\n"
+        "![Figure 1.3: three](c.png)\n\n**Figure 1.3.** three\n\n# Part 2 — b\n", tmp_path)
+    floats = typst.split("#place(")
+    assert len(floats) == 2 and floats[1].startswith("bottom"), "the part's first figure: bottom"
+    assert typst.index("#place.flush()") < typst.index("# Part 2"), "placed before the next part"
+    assert 'alt: "Figure 1.3: three"' in typst and "sticky: true" in typst  # in the flow, with its caption
