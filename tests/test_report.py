@@ -212,6 +212,8 @@ import errno  # noqa: E402
 @pytest.fixture
 def scratch_report(tmp_path, monkeypatch):
     """report/ in tmp_path, the pre-checks passed (tools, MNIST), one old executed notebook of each part."""
+    # build() points HWUTILS_DATA_DIR at the (fake) data: set here, so that it is restored (or removed) after
+    monkeypatch.setenv("HWUTILS_DATA_DIR", os.environ.get("HWUTILS_DATA_DIR", ""))
     monkeypatch.setattr(report, "REPORT", tmp_path / "report")
     monkeypatch.setattr(report, "check_tools", lambda *a, **k: None)
     monkeypatch.setattr(report, "find_mnist_dir", lambda *a, **k: {n: tmp_path / f"{n}.gz" for n in MNIST_FILES})
