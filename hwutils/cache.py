@@ -40,7 +40,8 @@ import torch
 from .training import History
 
 __all__ = ["SCHEMA_VERSION", "run_stem", "load_run", "save_run", "check_record", "atomic_write",
-           "temporary_beside", "check_writable", "write_failure", "full_disk", "CacheError", "RecordError", "StaleRecordError"]
+           "temporary_beside", "check_writable", "write_failure", "full_disk", "CacheError", "RecordError",
+           "StaleRecordError"]
 
 #: The format of a record. 2: records carry ``schema``, ``weights_sha256`` and are checked on load
 #: (records without ``schema`` are older: set aside as stale and retrained).
@@ -158,8 +159,8 @@ def _set_aside(bad: _Unusable, *paths: Path) -> None:
             pass
         except OSError as err:
             failed.append(f"{p} ({err.strerror})")
-    what = (f"moving it aside to {bad.path}{bad.suffix}" if moved else "could not move it aside: " + ", ".join(failed)
-            if failed else "it is gone")
+    what = (f"moving it aside to {bad.path}{bad.suffix}" if moved
+            else "could not move it aside: " + ", ".join(failed) if failed else "it is gone")
     _warn(f"cached run {bad.path} {bad.problem}; {what} and retraining")
 
 
@@ -225,7 +226,10 @@ def check_record(record, expected_key: str) -> None:
         raise RecordError(f"lacks {', '.join(missing)}")
     for name, (kind, words) in kinds.items():
         value = record[name]
-        ok = (isinstance(value, kind) and not isinstance(value, bool)) if isinstance(kind, type) else kind(value)
+        if isinstance(kind, type):
+            ok = isinstance(value, kind) and not isinstance(value, bool)
+        else:
+            ok = kind(value)
         if not ok:
             raise RecordError(f"its {name} is {_type_name(value)} {_shown(value)}, not {words}")
     if record["key"] != expected_key:
@@ -271,7 +275,8 @@ def _read_run(stem: Path, model):
     except FileNotFoundError:
         if not json_path.exists():  # another process set the run aside just now
             return None
-        raise _Unusable(json_path, f"fails its check (its weight file {weights_path.name} is missing)") from None
+        problem = f"fails its check (its weight file {weights_path.name} is missing)"
+        raise _Unusable(json_path, problem) from None
     except OSError as err:
         raise _Unusable(weights_path, f"is unreadable ({_reason(err)})") from None
     if _digest(data) != record["weights_sha256"]:  # or another process is between its two writes

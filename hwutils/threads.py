@@ -83,8 +83,9 @@ def cpu_sample(cores=None) -> CpuSample | None:
 
 class TrainingThreads:
     """The thread count of one training run on ``device`` (a no-op off the CPU): :meth:`adapt`
-    before each step (it measures only once a window has passed), :meth:`restore` at the end. The last sample and decision carry over from
-    one run to the next, so a sweep of short runs measures across them."""
+    before each step (it measures only once a window has passed), :meth:`restore` at the end. The
+    last sample and decision carry over from one run to the next, so a sweep of short runs measures
+    across them."""
 
     _last: CpuSample | None = None      # shared by all runs of this process
     _threads: int | None = None
@@ -145,6 +146,6 @@ def _fixed_threads() -> int | None:
     except ValueError:
         threads = 0
     if threads < 1:
-        raise ValueError(f"{THREADS_ENV}={value!r} is not a thread count: set a whole number >= 1, or unset it "
-                         f"to follow the cores that other processes leave free")
+        raise ValueError(f"{THREADS_ENV}={value!r} is not a thread count: set a whole number >= 1, or "
+                         f"unset it to follow the cores that other processes leave free")
     return threads
