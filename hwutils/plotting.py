@@ -14,9 +14,11 @@ import numpy as np
 import seaborn as sns
 import torch
 
-from .diagnostics import flat_weights, hidden_activity, unit_norms
+from .diagnostics import WEIGHT_LOG10_BINS, flat_weights, hidden_activity, unit_norms, unit_values
 from .display import CONSTANT_LABELS, format_percent
 from .optim import bias_correction, uncorrected_step_ratio
+from .profiles import LONG_L2
+from .thresholds import AT_CAP, NEAR_ZERO, at_cap_text, near_zero_text, power_of_ten
 
 __all__ = [
     "PAGE_WIDTH", "use_style", "method_colors", "method_styles",
@@ -31,20 +33,21 @@ __all__ = [
 #: font sizes of :func:`use_style` come out at 8–9 pt on the page.
 PAGE_WIDTH = 7.0
 
+#: The per-epoch panels and their axis labels (losses: cross-entropy in nats, without the penalty).
 EPOCH_PANELS = {
-    "train_loss": "training data loss (cross-entropy)",
-    "penalty": "penalty term (weighted, apart)",
-    "val_loss": "validation loss (cross-entropy)",
+    "train_loss": "training data loss",
+    "penalty": "weighted penalty",
+    "val_loss": "validation loss",
     "val_error": "validation error (%)",
-    "small_weights": "weights with |w| < 10⁻³ (%)",
+    "small_weights": f"weights with {near_zero_text()} (%)",
 }
 
 #: Ten clearly different colours (matplotlib's tab10): no two methods of a figure share one.
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
            "#bcbd22", "#17becf")
 #: The report's methods: one colour and line style each, the same in every figure. A method that
-#: coincides with another for a while (early stopping, L2 + L1 before L1 starts) is dashed, so that
-#: the line beneath still shows.
+#: coincides with another for a while (early stopping; L2 + L1 before L1 starts; L2 + KL, whose
+#: small penalty keeps it near L2; L2 trained longer) is dashed, so that the line beneath shows.
 METHOD_STYLES = {
     "no penalty": {"color": "#4d4d4d", "ls": "-"},
     "L1": {"color": PALETTE[1], "ls": "-"},
@@ -52,10 +55,11 @@ METHOD_STYLES = {
     "early stopping": {"color": PALETTE[2], "ls": "--"},
     "L1 (proximal)": {"color": PALETTE[4], "ls": "-"},
     "L2 + L1 (late)": {"color": PALETTE[1], "ls": "--"},
-    "L2 + KL-sparsity": {"color": PALETTE[2], "ls": "-"},
+    "L2 + KL-sparsity": {"color": PALETTE[2], "ls": (0, (5, 2))},
     "max-norm": {"color": PALETTE[3], "ls": "-"},
     "dropout + L2": {"color": PALETTE[4], "ls": "-"},
     "dropout + max-norm": {"color": PALETTE[5], "ls": "-"},
+    LONG_L2: {"color": PALETTE[7], "ls": "-."},
 }
 _assigned_styles: dict[str, dict] = {}  # methods outside METHOD_STYLES, in order of first use
 
@@ -132,47 +136,81 @@ def _by_method(results) -> dict[str, list]:
     return grouped
 
 
-def _mean_band(ax, curves, label, style, scale=1.0):
-    """Mean over seeds with a min-max band; seeds may have run different numbers of epochs."""
+def _mean_band(ax, curves, label, style, scale=1.0) -> np.ndarray:
+    """Mean over seeds with a min-max band; seeds may have run different numbers of epochs.
+    Returns the mean curve."""
     length = max(len(c) for c in curves)
     arr = np.full((len(curves), length), np.nan)
     for i, c in enumerate(curves):
         arr[i, :len(c)] = np.asarray(c) * scale
     x = np.arange(1, length + 1)
-    ax.plot(x, np.nanmean(arr, 0), label=label, color=style["color"], ls=style["ls"])
+    mean = np.nanmean(arr, 0)
+    ax.plot(x, mean, label=label, color=style["color"], ls=style["ls"])
     if len(curves) > 1:
         ax.fill_between(x, np.nanmin(arr, 0), np.nanmax(arr, 0), color=style["color"], alpha=0.15,
                         lw=0)
+    return mean
+
+
+#: The share of its epochs a curve is given to settle before :func:`_zoom_on_late_epochs` looks.
+SETTLE = 0.2
+
+
+def _zoom_on_late_epochs(ax, curves) -> bool:
+    """Zoom the y axis onto the curves' values after their first :data:`SETTLE` epochs when those
+    span under a third of the whole range (so that a spread of 0.1 points is not one line); the
+    early epochs then leave the panel at the top. Returns whether it zoomed."""
+    late = np.concatenate([c[int(SETTLE * len(c)):] for c in curves])
+    late, whole = late[np.isfinite(late)], np.concatenate(curves)
+    whole = whole[np.isfinite(whole)]
+    if not len(late) or np.ptp(whole) == 0 or np.ptp(late) > np.ptp(whole) / 3:
+        return False
+    pad = 0.12 * max(np.ptp(late), 1e-3 * abs(late.max()))
+    ax.set_ylim(late.min() - pad, late.max() + pad)
+    return True
 
 
 def plot_training_curves(results, panels=tuple(EPOCH_PANELS), title=None, log_loss=True,
-                         log_epochs=False):
+                         log_epochs=False, zoom: bool = True, mark_epoch: int | None = None):
     """Per-epoch curves of every method (mean over seeds, band = min-max): training data loss,
     penalty, validation loss, validation error — two panels per row. The penalty is its own panel,
     so methods are compared by data loss. A dot marks each method's best epoch (first seed).
-    ``log_epochs``: a log epoch axis, for runs whose early epochs matter most."""
+    ``log_epochs``: a log epoch axis, for runs whose early epochs matter most. ``zoom``: the
+    validation-error panel zooms onto the later epochs where the methods lie close together
+    (its axis label says so). ``mark_epoch``: a dotted vertical line after that epoch in every
+    panel (e.g. where late L1 switches on)."""
     grouped = _by_method(results)
     styles = method_styles(grouped)
-    fig, axes, spare = _grid(len(panels), 2.5, sharex=True)
+    fig, axes, spare = _grid(len(panels), 2.2, sharex=True)
     for ax, panel in zip(axes, panels):
+        curves = []
         for name, runs in grouped.items():
             scale = 100.0 if panel in ("val_error", "small_weights") else 1.0
-            _mean_band(ax, [getattr(r.history, panel) for r in runs], name, styles[name], scale)
+            curves.append(_mean_band(ax, [getattr(r.history, panel) for r in runs], name,
+                                     styles[name], scale))
             best = runs[0].history.best_epoch
             if panel in ("val_loss", "val_error") and best:
                 y_best = getattr(runs[0].history, panel)[best - 1] * scale
                 ax.plot(best, y_best, "o", color=styles[name]["color"], ms=4)
         ax.set_xlabel("epoch (log scale)" if log_epochs else "epoch")
         ax.set_xscale("log" if log_epochs else "linear")
+        if not log_epochs:
+            _count_ticks(ax.xaxis, nbins=6)
         ax.xaxis.set_tick_params(labelbottom=True)
         ax.set_ylabel(EPOCH_PANELS[panel])
+        if mark_epoch is not None:
+            ax.axvline(mark_epoch + 0.5, color="gray", ls=":", lw=1.2)
+        if zoom and panel == "val_error" and _zoom_on_late_epochs(ax, curves):
+            ax.set_ylabel(f"{EPOCH_PANELS[panel]},\nzoomed: early epochs above")
         if log_loss and panel in ("train_loss", "val_loss", "penalty"):
             if all(min(getattr(r.history, panel)) > 0 for runs in grouped.values() for r in runs):
                 ax.set_yscale("log")
+                _log_ticks_for(ax.yaxis, np.concatenate(curves))
     fig.suptitle(title or "Training data loss falls for every method; "
                           "validation curves show which generalizes")
+    seeds = max(len(runs) for runs in grouped.values())
     _legend_in_spare_slot(fig, spare, *axes[0].get_legend_handles_labels(),
-                          title="mean over seeds (band: min–max)")
+                          title=f"mean over {seeds} seeds (band: min–max)" if seeds > 1 else None)
     return fig
 
 
@@ -194,6 +232,7 @@ def plot_iteration_loss(results, smooth: int = 50, title=None):
         ax.plot(loss, color=styles[name]["color"], alpha=0.12, lw=0.5)
         ax.plot(*_running_mean(loss, smooth), **styles[name], label=name)
     ax.set_yscale("log")
+    _count_ticks(ax.xaxis)
     ax.set_xlabel("iteration (minibatch update)")
     ax.set_ylabel("training data loss (cross-entropy)")
     ax.set_title(title or f"Per-iteration training loss (running mean over {smooth} updates)")
@@ -229,14 +268,33 @@ def plot_decision_boundaries(models: dict, split, errors: dict | None = None, gr
     return fig
 
 
-def plot_weight_histograms(models: dict, tol: float = 1e-3, title=None):
+def _weight_magnitudes(source, tol: float) -> dict:
+    """Exactly-zero and below-``tol`` shares (%) of a model's weights and the histogram of log10 |w|
+    of the non-zero ones over :data:`~hwutils.diagnostics.WEIGHT_LOG10_BINS`: measured on a model,
+    or read from a run's end-of-training measurements (which hold exactly these)."""
+    lo, hi, bins = WEIGHT_LOG10_BINS
+    if isinstance(source, torch.nn.Module):
+        w = flat_weights(source).abs().numpy()
+        nonzero = w[w > 0]
+        counts, _ = np.histogram(np.clip(np.log10(nonzero), lo, hi), bins=bins, range=(lo, hi))
+        return {"zero_pct": 100 * float((w == 0).mean()), "below_pct": 100 * float((w < tol).mean()),
+                "counts": counts}
+    if not math.isclose(tol, NEAR_ZERO):
+        raise ValueError(f"end-of-training measurements count weights below {NEAR_ZERO:g}, not "
+                         f"{tol:g}: pass models to plot_weight_histograms for another tol")
+    return {"zero_pct": source["zero_pct"], "below_pct": source["near_zero_pct"],
+            "counts": np.asarray(source["abs_weight_histogram"])}
+
+
+def plot_weight_histograms(models: dict, tol: float = NEAR_ZERO, title=None):
     """Weights per method: left, the share that is exactly zero (bars); right, the histogram of
-    the non-zero |w| on log axes, with the fraction of weights below ``tol``."""
+    the non-zero |w| on log axes, with the share of weights below ``tol``. ``models`` maps a
+    method to a model or to a run's end-of-training measurements."""
     styles = method_styles(models)
-    weights = {name: flat_weights(m).abs().numpy() for name, m in models.items()}
+    weights = {name: _weight_magnitudes(m, tol) for name, m in models.items()}
     fig, (zero_ax, ax) = plt.subplots(1, 2, figsize=(PAGE_WIDTH, 3.4), width_ratios=(1, 4))
     for i, (name, w) in enumerate(weights.items()):
-        zero = 100 * float((w == 0).mean())
+        zero = w["zero_pct"]
         zero_ax.bar(i, zero, color=styles[name]["color"], width=0.8)
         inside = zero > 55
         zero_ax.text(i, zero - 3 if inside else zero + 3, format_percent(zero), rotation=90,
@@ -244,14 +302,15 @@ def plot_weight_histograms(models: dict, tol: float = 1e-3, title=None):
                      color="white" if inside else "black")
     zero_ax.set(xticks=[], ylim=(0, 100), xlabel="method (colour)",
                 ylabel="exactly zero (% of weights)")
-    nonzero = [w[w > 0] for w in weights.values() if (w > 0).any()]
-    lo = min(float(w.min()) for w in nonzero) if nonzero else tol / 10
-    hi = max(float(w.max()) for w in nonzero) if nonzero else tol * 10
-    bins = np.logspace(np.log10(lo), np.log10(hi), 60)
+    lo, hi, bins = WEIGHT_LOG10_BINS
+    edges = np.logspace(lo, hi, bins + 1)
+    filled = np.flatnonzero(np.sum([w["counts"] for w in weights.values()], axis=0))
     for name, w in weights.items():
-        below = format_percent(100 * float((w < tol).mean()))
-        ax.hist(w[w > 0], bins=bins, histtype="step", lw=1.5, **styles[name],
-                label=f"{name}: {below} % below {tol:g}")
+        below = format_percent(w["below_pct"])
+        ax.stairs(w["counts"], edges, lw=1.5, **styles[name],
+                  label=f"{name}: {below} % below {power_of_ten(tol)}")
+    if len(filled):
+        ax.set_xlim(edges[filled[0]], edges[filled[-1] + 1])
     ax.axvline(tol, color="gray", ls=":", lw=1)
     ax.set(xscale="log", yscale="log", xlabel="|weight| of the non-zero weights (log scale)",
            ylabel="number of weights (log scale)")
@@ -262,35 +321,68 @@ def plot_weight_histograms(models: dict, tol: float = 1e-3, title=None):
     return fig
 
 
+def binomial_se_pct(error_pct, n: int):
+    """Standard error (percentage points) of an error rate measured on ``n`` independent images."""
+    p = np.asarray(error_pct, dtype=float) / 100
+    return 100 * np.sqrt(p * (1 - p) / n)
+
+
 def plot_error_bars(summary, column: str = "test_error_pct", reference: dict | None = None,
-                    reference_label: str = "reference", title=None, ylabel="test error (%)"):
-    """Bar per method (mean over seeds, error bar = std) of a :func:`hwutils.experiments.summarize`
-    column, with optional reference values drawn as black markers. Each value is written above
-    its error bar (and above the reference marker); the legend, only with a reference, sits under
-    the axes."""
+                    reference_label: str = "reference", title=None, ylabel="test error (%)",
+                    n_test: int | None = None):
+    """A bar per method of a :func:`hwutils.experiments.summarize` column (mean over seeds), and
+    the spread that goes with it: with several seeds an error bar of ± 1 std over seeds; with one
+    seed and ``n_test`` (the images the error was measured on) a band of ± 2 binomial standard
+    errors around the top of the bar, the noise of one measurement. ``reference`` values (e.g.
+    Table 9) are grey bars beside the method's own. Each bar's value is written above it (and above
+    its error bar or band)."""
     names = list(summary.index)
-    mean = summary[(column, "mean")].to_numpy()
-    std = np.nan_to_num(summary[(column, "std")].to_numpy())
+    mean = summary[(column, "mean")].to_numpy(dtype=float)
+    std = summary[(column, "std")].to_numpy(dtype=float)
+    seeds = int(summary[("seeds", "n")].max()) if ("seeds", "n") in summary.columns else 1
     colors = method_colors(names)
     fig, ax = plt.subplots(figsize=(0.85 * PAGE_WIDTH, 3.4))
-    x = np.arange(len(names))
-    ax.bar(x, mean, yerr=std, color=[colors[n] for n in names], capsize=4, error_kw={"lw": 1.2},
-           label="this run (mean ± std over seeds)")
-    top = mean + std
+    x = np.arange(len(names), dtype=float)
+    width = 0.8
     if reference:
+        width = 0.4
         ref = np.array([reference.get(n, np.nan) for n in names], dtype=float)
-        ax.plot(x, ref, "k_", ms=24, mew=2.5, ls="none", label=reference_label)
-        top = np.fmax(top, ref)
-    pad = 0.03 * np.nanmax(top)
-    for xi, m, t in zip(x, mean, top):
-        ax.text(xi, t + pad, f"{m:.2f}", ha="center", va="bottom", fontsize=8.5)
-    ax.set_ylim(0, 1.15 * np.nanmax(top) + pad)
-    ax.set_xticks(x, names, rotation=20, ha="right")
+        ref_x = x + width / 2
+        ax.bar(ref_x, ref, width=width, color="0.82", edgecolor="0.35", lw=0.6,
+               label=reference_label)
+        x = x - width / 2
+    spread = np.zeros_like(mean)
+    if seeds > 1:
+        spread = np.nan_to_num(std)
+        ax.bar(x, mean, width=width, yerr=spread, color=[colors[n] for n in names], capsize=3,
+               error_kw={"lw": 1.1}, label=f"this run: mean ± std over {seeds} seeds")
+    else:
+        ax.bar(x, mean, width=width, color=[colors[n] for n in names], label="this run (one seed)")
+        if n_test:
+            spread = 2 * binomial_se_pct(mean, n_test)
+            for xi, m, s in zip(x, mean, spread):
+                ax.add_patch(plt.Rectangle((xi - width / 2, m - s), width, 2 * s, color="k",
+                                           alpha=0.22, lw=0))
+            ax.add_patch(plt.Rectangle((0, 0), 0, 0, color="k", alpha=0.22, lw=0,
+                                       label=f"± 2 s.e. of one measurement on {n_test:,} images"))
+    top = mean + spread
+    tops = [top] + ([ref] if reference else [])
+    highest = np.nanmax(np.concatenate(tops))
+    pad = 0.025 * highest
+    for xs, ys, values in ([(x, top, mean)] + ([(ref_x, ref, ref)] if reference else [])):
+        for xi, yi, v in zip(xs, ys, values):
+            if np.isfinite(v):
+                ax.text(xi, yi + pad, f"{v:.2f}", ha="center", va="bottom", fontsize=8)
+    ax.set_ylim(0, 1.14 * highest + pad)
+    ax.set_xticks(np.arange(len(names)), names, rotation=20, ha="right")
     ax.set_xlabel("method")
     ax.set_ylabel(ylabel)
     ax.set_title(title or "Test error per method")
-    if reference:
-        _legend_below(fig, *ax.get_legend_handles_labels(), ncol=2)
+    handles, labels = ax.get_legend_handles_labels()
+    order = sorted(range(len(labels)), key=lambda k: not labels[k].startswith("this run"))
+    if len(labels) > 1:
+        _legend_below(fig, [handles[k] for k in order], [labels[k] for k in order],
+                      ncol=min(3, len(labels)))
     else:
         fig.tight_layout()
     return fig
@@ -315,27 +407,39 @@ def plot_sweep(frame, x: str, y: str, hue: str, chosen: dict | None = None, titl
     return fig
 
 
+def _count_ticks(axis, nbins: int = 5) -> None:
+    """At most ``nbins`` whole-number ticks written with thousands separators ("12,000"), so that
+    neighbouring labels never run into each other ("1000012000")."""
+    axis.set_major_locator(mticker.MaxNLocator(nbins, integer=True))
+    axis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:,.0f}".replace("-", "\u2212")))
+
+
 def plot_method_panels(results, method: str | None = None, smooth: int = 50, title=None):
     """One method on its own (first seed; ``None``: the first method of ``results``), 2×2 panels:
-    per-iteration training data loss; per-epoch training data loss with the penalty apart (dashed,
-    right axis); validation loss; validation error. Call it once per method."""
+    per-iteration training data loss; per-epoch training data loss, with the weighted penalty
+    dashed on a right axis where the method has one (the panel's legend says which); validation
+    loss; validation error. Call it once per method."""
     grouped = _by_method(results)
     method = method or next(iter(grouped))
     h, color = grouped[method][0].history, method_colors(grouped)[method]
-    fig, axes = plt.subplots(2, 2, figsize=(PAGE_WIDTH, 5.2))
+    fig, axes = plt.subplots(2, 2, figsize=(PAGE_WIDTH, 3.9))
     (iters, data_loss), (val_loss, val_error) = axes
     iters.plot(h.iter_loss, color=color, alpha=0.2, lw=0.5)
     iters.plot(*_running_mean(h.iter_loss, smooth), color=color, label=f"running mean of {smooth}")
     iters.set(yscale="log", xlabel="iteration (minibatch update)", ylabel="training data loss")
     iters.legend(loc="upper right")
     epochs = np.arange(1, h.epochs_run + 1)
-    data_loss.plot(epochs, h.train_loss, color=color)
+    lines = data_loss.plot(epochs, h.train_loss, color=color, label="training data loss")
     data_loss.set(yscale="log", xlabel="epoch", ylabel="training data loss")
     if any(h.penalty):
         twin = data_loss.twinx()
-        twin.plot(epochs, h.penalty, color="gray", ls="--")
-        twin.set_ylabel("weighted penalty (dashed)")
+        lines += twin.plot(epochs, h.penalty, color="gray", ls="--",
+                           label="weighted penalty (right axis)")
+        twin.set_ylabel("weighted penalty")
         twin.grid(False)
+        data_loss.legend(lines, [line.get_label() for line in lines], loc="best")
+    else:
+        data_loss.set_title("no penalty term", fontsize=9)
     val_loss.plot(epochs, h.val_loss, color=color)
     val_loss.set(xlabel="epoch", ylabel="validation loss")
     val_error.plot(epochs, 100 * np.asarray(h.val_error), color=color)
@@ -343,6 +447,11 @@ def plot_method_panels(results, method: str | None = None, smooth: int = 50, tit
                       label=f"best epoch ({h.best_epoch})")
     val_error.set(xlabel="epoch", ylabel="validation error (%)")
     val_error.legend(loc="upper right")
+    _count_ticks(iters.xaxis)
+    for ax in (data_loss, val_loss, val_error):
+        _count_ticks(ax.xaxis, nbins=6)
+    for ax, values in ((iters, h.iter_loss), (data_loss, h.train_loss)):
+        _log_ticks_for(ax.yaxis, values)
     fig.suptitle(title or f"{method} on its own (first seed)")
     fig.tight_layout()
     return fig
@@ -350,15 +459,18 @@ def plot_method_panels(results, method: str | None = None, smooth: int = 50, tit
 
 def plot_unit_norms(models: dict, c: float | None = None, title=None):
     """Distribution of the hidden units' incoming weight norms per method, with the max-norm
-    radius ``c`` (always inside the x-range); the legend counts the units at the cap (≥ 0.99 c)."""
+    radius ``c`` (always inside the x-range); the legend counts the units at the cap
+    (:data:`~hwutils.thresholds.AT_CAP`). ``models`` maps a method to a model or to its units'
+    norms (an array, e.g. from a run's end-of-training measurements)."""
     styles = method_styles(models)
     fig, ax = plt.subplots(figsize=(PAGE_WIDTH, 3.4))
-    norms = {name: unit_norms(m).numpy() for name, m in models.items()}
+    norms = {name: unit_norms(m).numpy() if isinstance(m, torch.nn.Module) else np.asarray(m, float)
+             for name, m in models.items()}
     hi = max([float(n.max()) for n in norms.values()] + ([c] if c is not None else []))
     bins = np.linspace(0, 1.05 * hi, 60)
     for name, n in norms.items():
-        n_capped = 0 if c is None else int((n >= 0.99 * c).sum())
-        at_cap = "" if c is None else f": {n_capped} of {len(n)} units at ≥ 0.99 c"
+        n_capped = 0 if c is None else int((n >= AT_CAP * c).sum())
+        at_cap = "" if c is None else f": {n_capped} of {len(n)} units at {at_cap_text()}"
         ax.hist(n, bins=bins, histtype="step", lw=1.5, **styles[name], label=name + at_cap)
     if c is not None:
         ax.axvline(c, color="k", ls=":", lw=1.2, label=f"max-norm radius c = {c:g}")
@@ -371,27 +483,49 @@ def plot_unit_norms(models: dict, c: float | None = None, title=None):
     return fig
 
 
-def plot_activity(models: dict, X, title=None):
-    """Per hidden unit: fraction of inputs on which it is active (top), its mean activation
-    (bottom)."""
+def _unit_activity(source, X) -> dict:
+    """Per hidden unit, the share of inputs it fires on and its ρ̂ (mean tanh activation), with
+    their means over units: from a model measured on ``X`` (:func:`hidden_activity`), or from a
+    run's end-of-training measurements (the same quantities, stored when the run ended)."""
+    if isinstance(source, torch.nn.Module):
+        if X is None:
+            raise ValueError("plot_activity needs X (e.g. data.val.X) to measure a model's activity")
+        stats = hidden_activity(source, X)
+        frac, rho = stats["active_fraction"].numpy(), stats["mean_tanh"].numpy()
+        return {"frac": frac, "rho": rho, "mean_frac": float(frac.mean()),
+                "mean_rho": float(rho.mean())}
+    return {"frac": unit_values(source, "active_fraction"), "rho": unit_values(source, "rho_hat"),
+            "mean_frac": source["active_fraction"], "mean_rho": source["rho_hat"]}
+
+
+def plot_activity(models: dict, X=None, rho: float | None = None, title=None):
+    """Per hidden unit: the share of inputs on which it is active (top) and ρ̂, its mean tanh
+    activation, the quantity the KL penalty pulls towards ``rho`` (bottom, log axis; the target
+    dotted). ``models`` maps a method to a model (measured on ``X``) or to a run's end-of-training
+    measurements; the legend's means are the ones :func:`hwutils.diagnostics.regularizer_activity`
+    tabulates."""
     styles = method_styles(models)
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(PAGE_WIDTH, 5.6))
-    for name, model in models.items():
-        stats = hidden_activity(model, X)
-        frac, mean = stats["active_fraction"].numpy(), stats["mean_activation"].numpy()
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(PAGE_WIDTH, 5.0))
+    floor = 1e-4
+    for name, source in models.items():
+        units = _unit_activity(source, X)
         style = {"histtype": "step", "lw": 1.5, **styles[name]}
-        ax1.hist(frac, bins=np.linspace(0, 1, 41), label=f"{name}: mean {frac.mean():.2f}", **style)
-        ax2.hist(np.clip(mean, 1e-4, None), bins=np.logspace(-4, 1.5, 50),
-                 label=f"{name}: mean {mean.mean():.3f}", **style)
-    ax1.set(xlabel="fraction of validation inputs on which the unit is active",
+        ax1.hist(units["frac"], bins=np.linspace(0, 1, 41), **style,
+                 label=f"{name}: a unit fires on {units['mean_frac']:.3f} of the inputs, "
+                       f"ρ̂ = {units['mean_rho']:.3f} (means over units)")
+        ax2.hist(np.clip(units["rho"], floor, None), bins=np.logspace(-4, 0, 50), **style)
+    handles, labels = ax1.get_legend_handles_labels()
+    if rho is not None:
+        handles.append(ax2.axvline(rho, color="k", ls=":", lw=1.2))
+        labels.append(f"the KL penalty's target ρ = {rho:g}")
+    ax1.set(xlabel="share of validation inputs on which the unit is active",
             ylabel="number of hidden units")
     ax2.set(xscale="log", ylabel="number of hidden units",
-            xlabel="mean activation of the unit (log scale; ≤ 10⁻⁴ drawn at the left edge)")
-    ax1.legend(loc="upper right")
-    ax2.legend(loc="upper left")
+            xlabel=f"ρ̂ of the unit: mean tanh(activation) (log; ≤ {floor:g} at the left edge)")
+    _plain_log_ticks(ax2.xaxis)
     fig.suptitle(title or "Hidden-unit activity: a sparsity penalty moves units towards rarely "
                           "active")
-    fig.tight_layout()
+    _legend_below(fig, handles, labels, ncol=1)
     return fig
 
 
@@ -412,7 +546,7 @@ def plot_point_cloud(data, title=None):
 # --------------------------------------------------------------------------- Part 1: Adam
 def plot_second_moment_check(t, mean, se, beta2s, title=None):
     """Monte-Carlo mean of v_t / V (band: ± 2 s.e.) per β₂ against the derived factor 1 − β₂ᵗ
-    (dashed) and the off-by-one 1 − β₂ᵗ⁺¹ (dotted); ``mean`` and ``se`` have one row per β₂."""
+    (dashed) and the off-by-one 1 − β₂ᵗ⁺¹ (dotted); ``mean`` and ``se``: one row per β₂."""
     fig, axes = plt.subplots(1, len(beta2s), figsize=(PAGE_WIDTH, 3.3), sharey=True)
     for ax, beta2, m, s in zip(np.atleast_1d(axes), beta2s, mean, se):
         ax.plot(t, m, color="C0", lw=4, alpha=0.4, label="measured")  # wide: visible under the lines
@@ -500,64 +634,126 @@ def plot_nonstationary(t, curves: dict, beta2s, drifts: dict, title=None):
 
 
 # --------------------------------------------------------------------------- Part 3: the studies
+def _lr_panels(methods) -> dict[str, list[str]]:
+    """The learning-rate study's panels: the methods without dropout, then those with it."""
+    panels = {"without dropout": [m for m in methods if "dropout" not in m],
+              "with dropout": [m for m in methods if "dropout" in m]}
+    return {title: names for title, names in panels.items() if names}
+
+
+def _readable_log_ticks(axis, lo: float, hi: float) -> None:
+    """Ticks of a log axis from ``lo`` to ``hi`` at 1, 1.5, 2, 3, 5, 7 × 10ᵏ (fewer when the range
+    is wide), written as plain numbers, so that a value such as 3–5 % can be read off."""
+    for mantissas in ((1, 1.5, 2, 3, 4, 5, 7), (1, 2, 3, 5), (1, 2, 5), (1,)):
+        ticks = [m * 10.0 ** k for k in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+                 for m in mantissas if lo <= m * 10.0 ** k <= hi]
+        if len(ticks) <= 8:
+            break
+    if len(ticks) < 2:  # a range narrower than 1 to 1.5: evenly spaced round numbers instead
+        ticks = [t for t in mticker.MaxNLocator(4).tick_values(lo, hi) if lo <= t <= hi and t > 0]
+    axis.set_major_locator(mticker.FixedLocator(ticks))
+    axis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(mticker.NullFormatter())
+
+
+def _log_ticks_for(axis, values) -> None:
+    """:func:`_readable_log_ticks` over the positive finite ``values``' range."""
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values) & (values > 0)]
+    if len(values):
+        _readable_log_ticks(axis, values.min(), values.max())
+
+
+#: Sideways offset (in decades of the learning rate) between the lines of one panel of the
+#: learning-rate study, so that lines with the same values do not hide each other.
+LR_DODGE = 0.035
+
+
 def plot_lr_study(table, chosen: dict | None = None, title=None):
     """The learning-rate study, from a search table (one row per run: ``method``, ``lr``, its
     constant ``field``/``value``, ``val_error_pct``, ``diverged``, ``at_cap_peak_pct``,
-    ``max_unit_norm``). Per method, a line per value of its constant:
+    ``dead_pct``). A line per method and value of its constant (colour: method; marker and line
+    style: the value), in four panels:
 
-    * validation error against the learning rate (runs that diverged to NaN are crosses at the
-      top edge);
-    * the largest fraction of hidden units at the max-norm cap during training (max-norm methods);
-    * dead hidden units (never active on the validation images, ``dead_pct``).
+    * validation error against the learning rate, the methods without dropout (top left) and with
+      dropout (top right), on one log axis with ticks at 1, 2, 3, 5, … (runs that diverged to NaN
+      are crosses at the top edge; ★ in the method's colour: its chosen combination, ``chosen``
+      mapping a method to its ``(lr, value)``);
+    * the largest share of hidden units at the max-norm cap during training (max-norm methods);
+    * dead hidden units (never active on the validation images).
 
-    ``chosen`` maps a method to its chosen ``(lr, value)``, starred.
-    """
-    fig, axes, spare = _grid(3, 2.7)
-    err_ax, cap_ax, dead_ax = axes
-    styles = method_styles(table["method"].unique())
-    top = min(100.0, table.loc[~table["diverged"], "val_error_pct"].max() * 1.3)
+    The points of one learning rate are spread sideways by :data:`LR_DODGE` decades per line, so
+    that lines with equal values stay visible side by side."""
+    methods = list(dict.fromkeys(table["method"]))
+    panels = _lr_panels(methods)
+    styles = method_styles(methods)
+    fig, axes = plt.subplots(2, 2, figsize=(PAGE_WIDTH, 5.6))
+    err_axes = dict(zip(panels, axes[0]))
+    cap_ax, dead_ax = axes[1]
+    ok_err = table.loc[~table["diverged"], "val_error_pct"]
+    top = min(100.0, ok_err.max() * 1.25) if len(ok_err) else 100.0
+    bottom = max(ok_err.min() / 1.15, 1e-2) if len(ok_err) else 1.0
     markers = ["o", "s", "^", "D"]
-    for name, rows in table.groupby("method", sort=False):
-        for j, (value, sub) in enumerate(rows.groupby("value")):
-            sub = sub.groupby("lr").agg(err=("val_error_pct", "mean"), diverged=("diverged", "any"),
-                                        cap=("at_cap_peak_pct", "mean"), dead=("dead_pct", "mean")).reset_index()
-            style = dict(color=styles[name]["color"], marker=markers[j % 4], ms=4,
-                         ls="-" if j == 0 else ":", lw=1.3)
-            label = f"{name}, {CONSTANT_LABELS.get(rows['field'].iloc[0], rows['field'].iloc[0])} = {value:g}"
-            ok = sub[~sub["diverged"]]
-            err_ax.plot(ok["lr"], ok["err"].clip(upper=top), label=label, **style)
-            bad = sub[sub["diverged"]]
-            err_ax.plot(bad["lr"], [top] * len(bad), "x", color=style["color"], ms=7, mew=2)
-            if rows["field"].iloc[0] == "max_norm":
-                cap_ax.plot(sub["lr"], sub["cap"], **style)
-            dead_ax.plot(sub["lr"], sub["dead"], **style)
-        if chosen and name in chosen:
-            lr, value = chosen[name]
-            pick = rows[(rows["lr"] == lr) & (rows["value"] == value)]["val_error_pct"].mean()
-            err_ax.plot(lr, pick, "k*", ms=11, zorder=5)
-    err_ax.set(yscale="log", ylabel="validation error (%, log)", title="Validation error (×: diverged, ★: chosen)")
-    _plain_log_ticks(err_ax.yaxis)
-    cap_ax.set(ylabel="units at the cap, peak (%)", title="Max-norm: does the cap bind?", ylim=(-3, 103))
-    dead_ax.set(ylabel="dead hidden units (%)", title="Units that never fire on validation", ylim=(-3, 103))
-    for ax in axes:
-        ax.set(xscale="log", xlabel="learning rate (log)", xticks=sorted(table["lr"].unique()))
+    values = {name: sorted(table.loc[table["method"] == name, "value"].unique()) for name in methods}
+    for ax in axes[0][len(panels):]:
+        fig.delaxes(ax)
+    for panel, names in panels.items():
+        ax = err_axes[panel]
+        in_panel = [(name, j, value) for name in names for j, value in enumerate(values[name])]
+        for k, (name, j, value) in enumerate(in_panel):
+            rows = table[(table["method"] == name) & (table["value"] == value)]
+            sub = rows.groupby("lr").agg(err=("val_error_pct", "mean"), diverged=("diverged", "any"),
+                                         cap=("at_cap_peak_pct", "mean"),
+                                         dead=("dead_pct", "mean")).reset_index()
+            shift = 10 ** (LR_DODGE * (k - (len(in_panel) - 1) / 2))
+            lr = sub["lr"] * shift
+            field = rows["field"].iloc[0]
+            style = dict(color=styles[name]["color"], marker=markers[j % 4], ms=4.5,
+                         ls="-" if j == 0 else ":", lw=1.4, mfc="white" if j else styles[name]["color"])
+            label = f"{name}, {CONSTANT_LABELS.get(field, field)} = {value:g}"
+            ok = ~sub["diverged"]
+            ax.plot(lr[ok], sub.loc[ok, "err"].clip(upper=top), label=label, **style)
+            ax.plot(lr[~ok], [top] * int((~ok).sum()), "x", color=style["color"], ms=7, mew=2)
+            if field == "max_norm":
+                cap_ax.plot(lr, sub["cap"], **style)
+            dead_ax.plot(lr, sub["dead"], **style)
+            if chosen and name in chosen and chosen[name][1] == value:
+                pick = sub[np.isclose(sub["lr"], chosen[name][0])]
+                ax.plot(pick["lr"] * shift, pick["err"], "*", color=style["color"], mec="k",
+                        mew=0.8, ms=13, zorder=5)
+        ax.set(yscale="log", ylim=(bottom, top * 1.08), title=panel,
+               ylabel="validation error (%, log)")
+        _readable_log_ticks(ax.yaxis, bottom, top * 1.08)
+    cap_ax.set(ylabel="units at the cap, peak (%)", title="max-norm: does the cap bind?",
+               ylim=(-3, 103))
+    dead_ax.set(ylabel="dead hidden units (%)", title="units that never fire on validation",
+                ylim=(-3, 103))
+    for ax in [*err_axes.values(), cap_ax, dead_ax]:
+        ax.set(xscale="log", xlabel="learning rate (log)")
+        ax.xaxis.set_major_locator(mticker.FixedLocator(sorted(table["lr"].unique())))
         _plain_log_ticks(ax.xaxis)
-    _legend_in_spare_slot(fig, spare, *err_ax.get_legend_handles_labels(), ncol_below=2, fontsize=8)
+    handles, labels = [], []
+    for ax in err_axes.values():
+        for h, l in zip(*ax.get_legend_handles_labels()):
+            handles.append(h)
+            labels.append(l)
+    handles += [plt.Line2D([], [], ls="none", marker="x", color="0.3", mew=2),
+                plt.Line2D([], [], ls="none", marker="*", color="0.6", mec="k", ms=11)]
+    labels += ["diverged (NaN loss)", "chosen (★ in the method's colour)"]
     if title:
         fig.suptitle(title)
+    _legend_below(fig, handles, labels, ncol=2)
     return fig
 
 
 def _plain_log_ticks(axis) -> None:
     """Tick labels of a log axis as plain numbers (0.01, 0.3, 1), without minor-tick labels."""
-    from matplotlib.ticker import FuncFormatter, NullFormatter
-
-    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    axis.set_minor_formatter(NullFormatter())
+    axis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(mticker.NullFormatter())
 
 
 def plot_l1_tradeoff(table, title=None):
-    """Late L1's sparsity against accuracy: weights below 10⁻³ (%) against validation error (%), one
+    """Late L1's sparsity against accuracy: near-zero weights (%) against validation error (%), one
     point per λ₁ (labelled; λ₁ = 0 is the L2 run it starts from). ``table``: ``l1``,
     ``near_zero_pct``, ``val_error_pct``."""
     frame = table.groupby("l1", as_index=False)[["near_zero_pct", "val_error_pct"]].mean().sort_values("l1")
@@ -567,7 +763,7 @@ def plot_l1_tradeoff(table, title=None):
     for k, row in enumerate(frame.itertuples()):  # labels alternate above and below the line
         ax.annotate(f"λ₁ = {row.l1:g}", (row.near_zero_pct, row.val_error_pct), textcoords="offset points",
                     xytext=(6, 6 if k % 2 == 0 else -12), fontsize=8)
-    ax.set(xlabel="weights below 10⁻³ at the end (%)", ylabel="validation error (%)",
+    ax.set(xlabel=f"weights with {near_zero_text()} at the end (%)", ylabel="validation error (%)",
            title=title or "What late L1 buys (sparsity) and costs (error)")
     ax.margins(x=0.15, y=0.15)
     fig.tight_layout()
