@@ -64,7 +64,7 @@ def caption(text: str, label: str | None = None, fig=None) -> None:
 
     figures = [fig] if fig is not None else [plt.figure(n) for n in plt.get_fignums()]
     if not figures:
-        raise ValueError("caption() found no open figure: draw it first (e.g. plot_training_curves(...))")
+        raise ValueError("caption() found no open figure: draw it first (e.g. plot_training_curves())")
     for figure in figures:
         png = io.BytesIO()
         figure.savefig(png, format="png", bbox_inches="tight")

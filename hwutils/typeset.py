@@ -289,7 +289,8 @@ def figure_width_percent(path: Path) -> float:
 
 # A figure and its caption float (Typst's place(float: true)): text fills the page around it, and
 # the figures of a part are placed before the next part begins (place.flush()).
-_FLOAT_OPEN = "```{=typst}\n#place(ALIGN, float: true, clearance: 1.4em)[\n#set text(size: 9.5pt)\nIMAGES\n```"
+_FLOAT_OPEN = ("```{=typst}\n#place(ALIGN, float: true, clearance: 1.4em)[\n#set text(size: 9.5pt)\n"
+               "IMAGES\n```")
 _FLOAT_CLOSE = "```{=typst}\n]\n```"
 _FLUSH = "```{=typst}\n#place.flush()\n```"
 _TYPST_IMAGE = '#align(center, block(breakable: false, image("PATH", width: WIDTH%, alt: ALT)))'
@@ -319,17 +320,23 @@ def _typst_figures(markdown: str, workdir: Path) -> str:
     """Each figure - the images above one caption, and the caption - as one Typst float, where
     text follows it in its section to fill the page around it. The first figure of a part floats
     to the bottom of its page (not above the part's title), the others to the top or the bottom,
-    whichever is nearer: a float may come after the next section's heading, as in a paper, but
-    pending figures are placed before each part. A figure that only more figures follow in its
-    section, or one too tall for a page, stays in the flow, its last image kept with its caption
-    (and a heading above it with it)."""
+    whichever is nearer: a float may come after the next section's heading, as in a paper. A
+    figure right under a heading, one that only more figures follow in its part, a part's last
+    figure, or one too tall for a page stays in the flow, its last image kept with its caption
+    (and the heading with it); the figures still floating are placed before it, and before each
+    part, so that the figures keep their order."""
     blocks, out, pending, opening = _blocks(markdown), [], False, False
-    text_follows, seen_text = [False] * len(blocks), False  # text later in the same section?
+    # Whether text follows later in the same part, and a figure too (the part's last figure stays
+    # in the flow: floated, it would end the part alone on a page, its text all placed before it).
+    text_follows, figure_follows = [False] * len(blocks), [False] * len(blocks)
+    seen_text = seen_figure = False
     for k in range(len(blocks) - 1, -1, -1):
-        text_follows[k] = seen_text
-        if re.match(r"#{1,2} ", blocks[k]):
-            seen_text = False
-        elif not (_IMAGE.fullmatch(blocks[k]) or re.match(r"\[?\*\*Figure ", blocks[k])):
+        text_follows[k], figure_follows[k] = seen_text, seen_figure
+        if blocks[k].startswith("# "):
+            seen_text = seen_figure = False
+        elif _IMAGE.fullmatch(blocks[k]):
+            seen_figure = True
+        elif not re.match(r"\[?\*\*Figure ", blocks[k]):
             seen_text = True
     i = 0
     while i < len(blocks):
@@ -340,6 +347,7 @@ def _typst_figures(markdown: str, workdir: Path) -> str:
             out.append(blocks[i])
             i += 1
             continue
+        under_heading = i > 0 and blocks[i - 1].startswith("#")
         images = []
         while i < len(blocks) and _IMAGE.fullmatch(blocks[i]):
             images.append(_typst_image(_IMAGE.fullmatch(blocks[i]), workdir))
@@ -355,7 +363,8 @@ def _typst_figures(markdown: str, workdir: Path) -> str:
             continue
         typst, height = [t for t, _ in images], sum(h for _, h in images)
         captioned = i < len(blocks) and re.match(r"\[?\*\*Figure ", blocks[i])
-        if captioned and text_follows[i] and height + CAPTION_HEIGHT_CM <= PAGE_HEIGHT_CM:
+        if (captioned and text_follows[i] and figure_follows[i] and not under_heading
+                and height + CAPTION_HEIGHT_CM <= PAGE_HEIGHT_CM):
             align = "bottom" if opening else "auto"
             out += [_FLOAT_OPEN.replace("ALIGN", align).replace("IMAGES", "\n".join(typst)),
                     blocks[i], _FLOAT_CLOSE]
@@ -363,7 +372,10 @@ def _typst_figures(markdown: str, workdir: Path) -> str:
             i += 1
             continue
         if captioned:  # the last image is kept with its caption
-            typst[-1] = typst[-1].replace("block(breakable: false,", "block(breakable: false, sticky: true,")
+            typst[-1] = typst[-1].replace("breakable: false,", "breakable: false, sticky: true,")
+        if pending:
+            out.insert(len(out) - 1 if under_heading else len(out), _FLUSH)  # before the heading
+            pending = False
         out += ["```{=typst}\n" + t + "\n```" for t in typst]
     return "\n\n".join(out) + "\n"
 

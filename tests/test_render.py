@@ -1,6 +1,7 @@
 """The report's rendering without TeX (pandoc and typst wheels), its figure check, and progress lines."""
 import io
 import os
+import re
 import time
 
 import nbformat
@@ -208,7 +209,8 @@ def test_citations_link_to_their_figure_and_table_in_both_outputs(png, tmp_path)
     from pypdf import PdfReader
 
     text = "".join(p.extract_text() for p in PdfReader(pdf).pages)
-    assert "As Figure\u00a02.1 shows, and Table\u00a02.1 lists" in text and "Back to Figure\u00a02.1" in text
+    assert "As Figure\u00a02.1 shows, and Table\u00a02.1 lists" in text
+    assert "Back to Figure\u00a02.1" in text
     assert "\u22120.24" in text and "L2\u2019s" in text and "L2\u2032s" not in text  # no prime
 
 
@@ -224,7 +226,7 @@ def test_citations_link_to_their_figure_and_table_in_both_outputs(png, tmp_path)
 ])
 def test_numbers_are_unique_across_the_report_and_every_figure_table_and_citation_is_captioned(
         markdown, problem):
-    with pytest.raises(typeset.TypesetError, match=problem.replace("(", r"\(").replace(")", r"\)")) as err:
+    with pytest.raises(typeset.TypesetError, match=re.escape(problem)) as err:
         typeset.cross_reference(markdown)
     assert "\n" not in str(err.value)
 
@@ -245,14 +247,21 @@ def test_negative_numbers_get_a_minus_sign_but_code_math_exponents_and_ranges_do
     assert "    code -1" in text
 
 
-def test_figures_float_where_text_can_fill_the_page_and_stay_in_their_part(png, tmp_path):
-    for name in "abc":
+def test_figures_float_where_text_can_fill_the_page_and_keep_their_order(png, tmp_path):
+    for name in "abcd":
         (tmp_path / f"{name}.png").write_bytes(png)
     typst = typeset._typst_figures(
-        "# Part 1 — a\n\n![Figure 1.1: one](a.png)\n\n**Figure 1.1.** one\n\ntext after it\n\n"
-        "## Only figures\n\n![Figure 1.2: two](b.png)\n\n**Figure 1.2.** two\n\n"
-        "![Figure 1.3: three](c.png)\n\n**Figure 1.3.** three\n\n# Part 2 — b\n", tmp_path)
-    floats = typst.split("#place(")
-    assert len(floats) == 2 and floats[1].startswith("bottom"), "the part's first figure: bottom"
-    assert typst.index("#place.flush()") < typst.index("# Part 2"), "placed before the next part"
-    assert 'alt: "Figure 1.3: three"' in typst and "sticky: true" in typst  # in the flow, with its caption
+        "# Part 1 — a\n\nintro\n\n![Figure 1.1: one](a.png)\n\n**Figure 1.1.** one\n\ntext after it\n\n"
+        "## Under a heading\n\n![Figure 1.2: two](b.png)\n\n**Figure 1.2.** two\n\n"
+        "![Figure 1.3: three](c.png)\n\n**Figure 1.3.** three\n\nmore text\n\n"
+        "![Figure 1.4: four](d.png)\n\n**Figure 1.4.** four\n\nthe end\n\n# Part 2 — b\n", tmp_path)
+    assert typst.count("#place(") == 2, "1.1 and 1.3 float: text and a figure follow them"
+    assert typst.index("#place(bottom") < typst.index('"Figure 1.1: one"'), "a part's first: at the bottom"
+    assert typst.index("#place(auto") < typst.index('"Figure 1.3: three"')
+    flushes = [m.start() for m in re.finditer(r"#place\.flush\(\)", typst)]
+    # 1.2 stays in the flow under its heading, 1.4 as the part's last figure (not alone on the
+    # part's last page); the figures floating before each are placed first, so the order holds
+    assert len(flushes) == 2
+    assert flushes[0] < typst.index("## Under a heading") < typst.index('"Figure 1.2: two"')
+    assert typst.index("more text") < flushes[1] < typst.index('"Figure 1.4: four"')
+    assert 'sticky: true, image("b.png"' in typst and 'sticky: true, image("d.png"' in typst
