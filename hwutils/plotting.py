@@ -321,7 +321,7 @@ def plot_weight_histograms(models: dict, tol: float = NEAR_ZERO, title=None):
     return fig
 
 
-def binomial_se_pct(error_pct, n: int):
+def _binomial_se_pct(error_pct, n: int):
     """Standard error (percentage points) of an error rate measured on ``n`` independent images."""
     p = np.asarray(error_pct, dtype=float) / 100
     return 100 * np.sqrt(p * (1 - p) / n)
@@ -359,7 +359,7 @@ def plot_error_bars(summary, column: str = "test_error_pct", reference: dict | N
     else:
         ax.bar(x, mean, width=width, color=[colors[n] for n in names], label="this run (one seed)")
         if n_test:
-            spread = 2 * binomial_se_pct(mean, n_test)
+            spread = 2 * _binomial_se_pct(mean, n_test)
             for xi, m, s in zip(x, mean, spread):
                 ax.add_patch(plt.Rectangle((xi - width / 2, m - s), width, 2 * s, color="k",
                                            alpha=0.22, lw=0))
