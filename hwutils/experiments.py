@@ -78,7 +78,7 @@ class RunResult:
 #: Training fields added after runs were cached, with the value that trains exactly as before their
 #: time: left out of the key at that value, so that those cached runs stay valid.
 LATER_FIELDS = {"warmup_epochs": 0.0, "lr_half_life_steps": None, "momentum_start": None, "momentum_ramp_steps": 0,
-                "max_norm_output": False}
+                "max_norm_output": False, "precision": None}
 #: The same for the model's fields.
 LATER_MODEL_FIELDS = {"init": "torch", "dropout_scaling": "inverted"}
 
@@ -160,7 +160,8 @@ def _groups(jobs, indices, together: bool) -> list[list[int]]:
     by_step: dict[tuple, list[int]] = {}
     for (method, _), i in zip(jobs, indices):
         t = method.train
-        by_step.setdefault((method.model.hidden, t.epochs, t.batch_size, t.optimizer, t.nesterov), []).append(i)
+        by_step.setdefault((method.model.hidden, t.epochs, t.batch_size, t.optimizer, t.nesterov, t.precision),
+                           []).append(i)
     return [g[j:j + MAX_TOGETHER] for g in by_step.values() for j in range(0, len(g), MAX_TOGETHER)]
 
 

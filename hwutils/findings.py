@@ -13,6 +13,7 @@ import time
 
 from .experiments import compare_to_noise, format_summary, grid_fields, methods_frame, ranking_text, run_facts, summarize
 from .diagnostics import regularizer_activity
+from .precision import describe
 from .profiles import LONG_L2, LR_STUDY, TABLE9_TEST_ERROR
 from .study import CONSTANT_LABELS, PROBE_MOMENTUM, WARMUP_PROBE, Study
 from .thresholds import near_zero_text
@@ -46,7 +47,7 @@ def settings(study: Study) -> dict:
     """The set-up table: network, data and budgets, searched rates, minibatch, device."""
     data, search, sizes, small = study.data, study.search_data, study.sizes, study.small
     seeds = ", ".join(map(str, sizes.seeds))
-    tf32 = " (TF32 matrix products)" if data.train.X.device.type == "cuda" else ""
+    products = f" ({describe(study.precision, data.train.X.device)})"  # what the runs trained with
     return {
         "network": "-".join(map(str, (data.n_features, *sizes.hidden, data.n_classes))) + " (ReLU)",
         "final runs": f"{len(data.train):,} training / {len(data.val):,} validation / {len(data.test):,} test "
@@ -57,7 +58,7 @@ def settings(study: Study) -> dict:
         "learning rates searched": _grid_text(sizes.lr_grid),
         "authors' recipe": _recipe_setting(study),
         "minibatch": str(sizes.batch_size),
-        "device": study.device_name + tf32,
+        "device": study.device_name + products,
     }
 
 

@@ -129,20 +129,30 @@ class _StackedLinear(torch.autograd.Function):
     ``baddbmm``), whose weight gradient is formed as ``gᵀ·x``: contiguous in ``w``'s own layout, as
     ``nn.Linear``'s is. Autograd's ``baddbmm`` rule forms it as ``(xᵀ·g)ᵀ``, a transposed view, and
     then every elementwise operation of the update (momentum, step, penalties) runs strided - on the
-    CPU that made a K = 1 step of 784-800-800-10 about a third slower than ``nn.Linear``'s."""
+    CPU that made a K = 1 step of 784-800-800-10 about a third slower than ``nn.Linear``'s.
+
+    ``dtype`` (e.g. ``torch.bfloat16``): the three products take their operands cast to it, and
+    their results come back as float32 (:mod:`hwutils.precision`); the casts are saved for the
+    backward pass, so each tensor is cast once per step."""
 
     @staticmethod
-    def forward(ctx, x, w, b):
+    def forward(ctx, x, w, b, dtype=None):
+        ctx.dtype = dtype
+        if dtype is None:
+            ctx.save_for_backward(x, w)
+            return torch.baddbmm(b, x, w.transpose(1, 2))
+        x, w = x.to(dtype), w.to(dtype)
         ctx.save_for_backward(x, w)
-        return torch.baddbmm(b, x, w.transpose(1, 2))
+        return torch.bmm(x, w.transpose(1, 2)).float() + b
 
     @staticmethod
     def backward(ctx, g):
         x, w = ctx.saved_tensors
-        grad_x = torch.bmm(g, w) if ctx.needs_input_grad[0] else None
-        grad_w = torch.bmm(g.transpose(1, 2), x) if ctx.needs_input_grad[1] else None
+        gp = g if ctx.dtype is None else g.to(ctx.dtype)
+        grad_x = torch.bmm(gp, w).float() if ctx.needs_input_grad[0] else None
+        grad_w = torch.bmm(gp.transpose(1, 2), x).float() if ctx.needs_input_grad[1] else None
         grad_b = g.sum(1, keepdim=True) if ctx.needs_input_grad[2] else None
-        return grad_x, grad_w, grad_b
+        return grad_x, grad_w, grad_b, None
 
 
 class StackedMLP(nn.Module):
@@ -151,7 +161,8 @@ class StackedMLP(nn.Module):
     Layer ``l`` holds ``weight[l]`` of shape ``[K, out, in]`` (member k's row i is the incoming
     weight vector of its unit i, as in ``nn.Linear``) and ``bias[l]`` of shape ``[K, 1, out]``;
     a forward pass is one batched product per layer. Each member keeps its own dropout rates and
-    dropout scaling.
+    dropout scaling. ``product_dtype`` (None: float32): the dtype of the products while training
+    (``torch.bfloat16`` for :mod:`hwutils.precision`'s "bf16"); in ``eval()`` mode they are float32.
     Build it from models with :meth:`from_models`, write the trained weights back with
     :meth:`copy_to`.
     """
@@ -172,6 +183,7 @@ class StackedMLP(nn.Module):
         self.drops_hidden = bool(self.dropout_hidden.any())
         self.scales_input = bool((self.keep_input != 1).any())
         self.scales_hidden = bool((self.keep_hidden != 1).any())
+        self.product_dtype = None
 
     @classmethod
     @torch.no_grad()
@@ -210,12 +222,13 @@ class StackedMLP(nn.Module):
             x = x * self.keep_input
         hidden = []
         weights, biases = list(self.weights), list(self.biases)  # slicing a ParameterList builds a module
+        dtype = self.product_dtype if self.training else None
         for w, b in zip(weights[:-1], biases[:-1]):
-            x = F.relu(_StackedLinear.apply(x, w, b))
+            x = F.relu(_StackedLinear.apply(x, w, b, dtype))
             hidden.append(x)
             if self.drops_hidden:
                 x = dropout(x, self.dropout_hidden, self.training)
             if self.scales_hidden:
                 x = x * self.keep_hidden
-        logits = _StackedLinear.apply(x, weights[-1], biases[-1])
+        logits = _StackedLinear.apply(x, weights[-1], biases[-1], dtype)
         return (logits, hidden) if return_hidden else logits

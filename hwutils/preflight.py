@@ -69,7 +69,8 @@ def plan_of(notebook: Path, values: dict, notebooks_dir: Path) -> NotebookPlan |
     if stem.startswith("03_"):
         from .study import Study
 
-        options = {k: values.get(k) for k in ("downsample", "seeds", "epochs", "dropout_epochs", "hidden", "lr_grid")}
+        options = {k: values.get(k) for k in ("downsample", "seeds", "epochs", "dropout_epochs", "hidden", "lr_grid",
+                                              "precision")}
         results = notebooks_dir / values.get("results_dir", "../results")
         estimate = Study(profile, results_dir=results, progress=False, **options).estimate()
         own = Study(profile, results_dir=None, progress=False).estimate_steps()

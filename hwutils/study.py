@@ -158,12 +158,19 @@ class Study:
     The keyword arguments are the notebook's parameters (``None``: from the profile). ``shard``
     ``(i, n)`` makes each stage train only its i-th part (0-based) and then wait until the other
     parts are in the cache (see :meth:`train_all`). ``device``: where the data and training live
-    (default: CUDA when available).
+    (default: CUDA when available). ``precision``: of every run's matrix products, "fp32", "tf32"
+    (CUDA) or "bf16" (:mod:`hwutils.precision`; None: the device's default, TF32 on CUDA, FP32 on
+    the CPU); a run at another precision than the default is another cached run. On CUDA the study
+    sets PyTorch's float32 product precision to it, so that evaluations outside training use it too.
     """
 
     def __init__(self, profile: str = "quick", *, downsample=None, seeds=None, epochs=None,
                  dropout_epochs=None, hidden=None, lr_grid=None, results_dir="results", force: bool = False,
-                 progress: bool = True, device=None, shard: tuple[int, int] = (0, 1), wait_seconds: float = 10.0):
+                 progress: bool = True, device=None, shard: tuple[int, int] = (0, 1), wait_seconds: float = 10.0,
+                 precision: str | None = None):
+        from .data import default_device
+        from .precision import neutral, use_products
+
         self.profile = profile
         self.sizes = mnist_profile(profile, seeds=seeds, epochs=epochs, dropout_epochs=dropout_epochs,
                                    hidden=hidden, lr_grid=lr_grid)
@@ -173,6 +180,9 @@ class Study:
         self.shard, self.wait_seconds = tuple(shard), wait_seconds
         self.stage_log: list[tuple[str, float]] = []  # (stage, seconds) as each completes
         self.started = time.perf_counter()
+        where = device or default_device()
+        self.precision = neutral(precision, where)  # None at the device's default: the runs' keys as before
+        use_products(self.precision, where)
 
     # ------------------------------------------------------------------ data
     @functools.cached_property
@@ -258,9 +268,9 @@ class Study:
     def probe_stage(self) -> Stage:
         """The input-scaling diagnosis and the warm-up probe: independent of every choice."""
         lrs = tuple(lr for lr in self.sizes.lr_grid if lr >= DIAGNOSIS_LR_FROM)[:2] or (max(self.sizes.lr_grid),)
-        probe = self._method(mnist_methods(self.small), "dropout + max-norm")
+        probe = self._method(self._methods(self.small), "dropout + max-norm")
         diagnosis = tuple(probe.replace(lr=lr) for lr in lrs)
-        l2 = self._method(mnist_methods(self.small), "L2").replace(lr=WARMUP_PROBE["lr"],
+        l2 = self._method(self._methods(self.small), "L2").replace(lr=WARMUP_PROBE["lr"],
                                                                     epochs=WARMUP_PROBE["epochs"])
         warm = l2.train.warmup_epochs
         return Stage("probes", (
@@ -272,7 +282,7 @@ class Study:
 
     def lr_stage(self, grid: dict, round_: int = 0) -> Stage:
         """Learning rate x constant for the methods of the learning-rate study, on the search data."""
-        candidates = tuple(search_candidates(mnist_methods(self.small), grid))
+        candidates = tuple(search_candidates(self._methods(self.small), grid))
         name = "learning rates" + (f", grid extended ({round_})" if round_ else "")
         return Stage(name, (Batch("search", candidates, self.small.seeds, "search", on_nan="stop"),))
 
@@ -309,8 +319,15 @@ class Study:
     def recipe_methods(self) -> list[Method]:
         """Dropout + max-norm as the authors configured it, and with the paper's B.1 values where the
         profile pays for it (:func:`hwutils.profiles.authors_recipe_methods`)."""
-        methods = authors_recipe_methods(self.sizes)
+        methods = self._at_precision(authors_recipe_methods(self.sizes))
         return methods if self.sizes.paper_b1 else methods[:1]
+
+    def _at_precision(self, methods) -> list[Method]:
+        return list(methods) if self.precision is None else [m.replace(precision=self.precision) for m in methods]
+
+    def _methods(self, sizes) -> list[Method]:
+        """The six methods at ``sizes`` (:func:`hwutils.profiles.mnist_methods`) at the study's precision."""
+        return self._at_precision(mnist_methods(sizes))
 
     @property
     def high_lr(self) -> float:
@@ -331,9 +348,9 @@ class Study:
         the values chosen; only grid extensions add runs, see :attr:`Estimate.extensions`)."""
         stage1, stage2 = mnist_search_grids(self.sizes)
         stages = [self.probe_stage()]
-        lr_stages, lr_outcome = self._search_rounds(mnist_methods(self.small), stage1, self.lr_stage, dry=True)
+        lr_stages, lr_outcome = self._search_rounds(self._methods(self.small), stage1, self.lr_stage, dry=True)
         stages += lr_stages
-        lr_chosen, tied = (lr_outcome.chosen, lr_outcome.tied) if lr_outcome else (mnist_methods(self.small), {})
+        lr_chosen, tied = (lr_outcome.chosen, lr_outcome.tied) if lr_outcome else (self._methods(self.small), {})
         methods = self.constant_methods(lr_chosen)
         grid2 = {**stage2, **tied}
         c_stages, c_outcome = ([self.constant_stage(methods, grid2)], None) if lr_outcome is None else \
@@ -349,7 +366,7 @@ class Study:
         """Run-steps of the whole plan as the profile makes it (nothing loaded, nothing timed): what
         a build's plan is compared with."""
         stage1, stage2 = mnist_search_grids(self.sizes)
-        methods = self.constant_methods(mnist_methods(self.small))
+        methods = self.constant_methods(self._methods(self.small))
         stages = [self.probe_stage(), self.lr_stage(stage1), self.constant_stage(methods, stage2),
                   self.momentum_stage(self._method(methods, "dropout + max-norm")), self.final_stage(methods)]
         return sum(self._steps(st.batches[b], m) for st in stages for b, m, _ in st.jobs())
@@ -383,7 +400,8 @@ class Study:
                 shape = (hidden, batch, dropout, together)
                 if shape not in timed:
                     timed[shape] = step_seconds(hidden, batch, together, dropout=dropout, in_features=features,
-                                                classes=classes, device=self.data.train.X.device) / together
+                                                classes=classes, device=self.data.train.X.device,
+                                                precision=self.precision) / together
                 steps_total += sum(steps)
                 seconds += timed[shape] * sum(steps)
         largest = max(timed, key=lambda shape: math.prod(shape[0]), default=None)
@@ -403,7 +421,7 @@ class Study:
     def lr_search(self) -> "SearchOutcome":
         """Stage 2: learning rate x constant on the search data, extended while a choice is at an edge."""
         stage1, _ = mnist_search_grids(self.sizes)
-        return self._search(mnist_methods(self.small), stage1, self.lr_stage, "search data")
+        return self._search(self._methods(self.small), stage1, self.lr_stage, "search data")
 
     @functools.cached_property
     def constant_search(self) -> "SearchOutcome":
@@ -547,6 +565,8 @@ RUN_LOG = "study-runs.jsonl"  # in the results folder: one line per finished run
 def _parser():
     import argparse
 
+    from .precision import PRECISIONS
+
     parser = argparse.ArgumentParser(
         prog="python -m hwutils.study",
         description="Train every run Part 3 needs into the results cache (headless: no Jupyter), estimate "
@@ -566,6 +586,8 @@ def _parser():
         p.add_argument("--lr-grid", type=float, nargs="+", help="learning rates searched")
         p.add_argument("--downsample", type=int, help="image side after pooling: 7, 14 (default 28)")
         p.add_argument("--results-dir", default="results", help="the cache of trained runs (default results)")
+        p.add_argument("--precision", choices=PRECISIONS, help="of the matrix products: fp32, tf32 (CUDA) or bf16 "
+                                                               "(default: tf32 on CUDA, fp32 on the CPU)")
 
     train = sub.add_parser("train", help="train the study into the cache (the default command)")
     study_options(train)
@@ -589,7 +611,8 @@ def _study_kwargs(args) -> dict:
     given = {"profile": args.profile, "seeds": args.seeds, "epochs": args.epochs,
              "dropout_epochs": args.dropout_epochs, "hidden": args.hidden, "lr_grid": args.lr_grid,
              "downsample": args.downsample, "results_dir": args.results_dir}
-    return {name: check_value(name, value, NOTEBOOK) if value is not None else None for name, value in given.items()}
+    checked = {name: check_value(name, value, NOTEBOOK) if value is not None else None for name, value in given.items()}
+    return {**checked, "precision": args.precision}  # argparse checked it (a runner option, not yet the notebook's)
 
 
 def _shard(text: str) -> tuple[int, int]:

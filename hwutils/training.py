@@ -10,6 +10,7 @@ to the host before its end.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 import warnings
@@ -19,8 +20,10 @@ import torch
 from torch.nn import functional as F
 
 from .data import Split
+from .fused import chosen_update, fused_step_, fused_terms
 from .models import MLP, StackedMLP
 from .optim import adam_update_, sgd_update_
+from .precision import PRECISIONS, matmul_precision, product_dtype
 from .progress import progress_bar
 from .regularizers import L1Schedule, member_regularizers
 from .threads import TrainingThreads
@@ -52,6 +55,7 @@ class TrainConfig:
     linearly per step from ``momentum_start`` at t = 0 to ``momentum`` at t = N, then keeps it
     (``None``: ``momentum`` throughout; the L1 prox threshold uses the final ``momentum``).
     ``max_norm_output`` holds the output layer's incoming weights to ``max_norm`` too.
+    ``precision``: of the matrix products (:mod:`hwutils.precision`; None: the device's default).
     """
 
     epochs: int = 20
@@ -76,6 +80,7 @@ class TrainConfig:
     momentum_start: float | None = None
     momentum_ramp_steps: int = 0
     max_norm_output: bool = False
+    precision: str | None = None
 
     def __post_init__(self):
         checks = [
@@ -105,6 +110,8 @@ class TrainConfig:
              "a momentum ramp needs optimizer='sgd' (Adam has no momentum to ramp)"),
             (not self.max_norm_output or self.max_norm is not None,
              "max_norm_output needs the radius: set max_norm too"),
+            (self.precision is None or self.precision in PRECISIONS,
+             f"precision must be one of {PRECISIONS} or None (the device's default), got {self.precision!r}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -246,9 +253,10 @@ def largest_effective_step(config: TrainConfig, steps_per_epoch: int) -> tuple[f
 class MemberOptimizer:
     """SGD (momentum, Nesterov or plain) or Adam over a stacked model's parameters, each member
     with its own learning rate and momentum (``[K, 1, 1]`` tensors). ``ramps``: some member's
-    momentum changes from step to step, and each step is handed it (see :func:`momentum_at`)."""
+    momentum changes from step to step, and each step is handed it (see :func:`momentum_at`).
+    ``update``: "plain", or "fused" / "compiled" for SGD (:mod:`hwutils.fused`; None: ``$HWUTILS_UPDATE``)."""
 
-    def __init__(self, params, configs):
+    def __init__(self, params, configs, update: str | None = None):
         kinds = {(c.optimizer, c.nesterov) for c in configs}
         if len(kinds) != 1:
             raise ValueError(f"runs trained together must share the optimizer, got {sorted(kinds)}")
@@ -260,6 +268,20 @@ class MemberOptimizer:
         self.ramps = any(c.momentum_start is not None for c in configs)
         self.state = [(torch.zeros_like(p), torch.zeros_like(p)) for p in self.params]
         self.t = 0
+        self.update = chosen_update(update) if self.kind == "sgd" else "plain"
+
+    @torch.no_grad()
+    def fused_step_(self, weights, grads, lr, momentum, regularizers) -> bool:
+        """The update with the regularizers' gradient terms and projections fused into it
+        (:func:`hwutils.fused.fused_step_`); False, having done nothing, where the plain path must run."""
+        terms = fused_terms(regularizers, len(weights)) if self.update != "plain" else None
+        if terms is None:
+            return False
+        self.t += 1
+        n = len(weights)
+        fused_step_(self.update, self.params[:n], self.params[n:], grads, [a for a, _ in self.state], lr,
+                    self.momentum if momentum is None else momentum, self.nesterov, terms)
+        return True
 
     @torch.no_grad()
     def step_(self, grads, lr: torch.Tensor, momentum: torch.Tensor | None = None) -> None:
@@ -287,6 +309,8 @@ def train_step(net: StackedMLP, train: Split, idx: torch.Tensor, lr: torch.Tenso
     weights = list(net.weights)                     # a list: slicing a ParameterList builds a module
     grads = torch.autograd.grad(objective, [*weights, *net.biases])
     with torch.no_grad():
+        if optimizer.fused_step_(weights, grads, lr, momentum, regularizers):
+            return data_loss.detach()
         for r in regularizers:
             r.add_grad_(weights, grads[:len(weights)])
         optimizer.step_(grads, lr, momentum)
@@ -345,10 +369,26 @@ def _check_together(models, configs) -> None:
     shared = {(c.epochs, c.batch_size) for c in configs}
     if len(shared) != 1:
         raise ValueError(f"runs trained together must share epochs and batch size, got {sorted(shared)}")
+    precisions = {c.precision for c in configs}
+    if len(precisions) != 1:
+        raise ValueError(f"runs trained together must share the precision, got {sorted(map(str, precisions))}")
 
 
+def _at_run_precision(fit):
+    """``fit`` with its runs' float32 product precision set while it trains (and the previous one
+    after, also when it raises): see :func:`hwutils.precision.matmul_precision`."""
+    @functools.wraps(fit)
+    def wrapped(models, train, val, configs, **kwargs):
+        configs = list(configs)
+        with matmul_precision(configs[0].precision if configs else None, train.X.device):
+            return fit(models, train, val, configs, **kwargs)
+    return wrapped
+
+
+@_at_run_precision
 def fit_members(models, train: Split, val: Split, configs, *, names=None, progress: bool = True,
-                desc: str | None = None, on_nan: str = "raise", cuda_graph: bool | None = None) -> list[History]:
+                desc: str | None = None, on_nan: str = "raise", cuda_graph: bool | None = None,
+                update: str | None = None) -> list[History]:
     """Train K same-architecture :class:`MLP` s together, each with its own :class:`TrainConfig`;
     return one :class:`History` each. The models' weights are replaced by the trained ones.
 
@@ -360,7 +400,8 @@ def fit_members(models, train: Split, val: Split, configs, *, names=None, progre
     ``on_nan``: "raise" stops everything with a :class:`FloatingPointError` naming the member
     (``names``) and its learning rate; "stop" freezes the diverged member and marks its History
     ``diverged`` (for learning-rate studies). ``cuda_graph``: capture the step as a CUDA graph
-    (default: on CUDA with SGD).
+    (default: on CUDA with SGD). Members must share ``precision`` too (:mod:`hwutils.precision`).
+    ``update``: the SGD update's path, "plain" or fused (:mod:`hwutils.fused`; None: ``$HWUTILS_UPDATE``).
     """
     configs = list(configs)
     _check_together(models, configs)
@@ -375,8 +416,9 @@ def fit_members(models, train: Split, val: Split, configs, *, names=None, progre
     for model in models:  # trained where the data is, and left there (as fit leaves its model)
         model.to(device)
     net = StackedMLP.from_models(models).to(device)
+    net.product_dtype = product_dtype(configs[0].precision, device)
     regularizers = member_regularizers(configs, device)
-    optimizer = MemberOptimizer([*net.weights, *net.biases], configs)
+    optimizer = MemberOptimizer([*net.weights, *net.biases], configs, update)
     torch.manual_seed(configs[0].seed)
     shuffles = [torch.Generator().manual_seed(c.seed) for c in configs]
     epochs, bs, n = configs[0].epochs, configs[0].batch_size, len(train)
@@ -485,18 +527,21 @@ def fit(model: MLP, train: Split, val: Split, config: TrainConfig = TrainConfig(
 
 
 def step_seconds(hidden, batch_size: int, members: int = 1, *, dropout: bool = False, in_features: int = 784,
-                 classes: int = 10, device=None, steps: int = 20, warmup: int = 5) -> float:
+                 classes: int = 10, device=None, steps: int = 20, warmup: int = 5, precision: str | None = None,
+                 update: str | None = None, max_norm: float | None = None) -> float:
     """Measured wall time of one :func:`train_step` of ``members`` runs of a ``hidden`` MLP trained
     together (seconds per step for all members), on random data on ``device`` - for estimates of
-    a sweep's time before it starts, and for the benchmark."""
+    a sweep's time before it starts, and for the benchmark. The step has L2 (and max-norm with
+    radius ``max_norm``), products at ``precision``, the update's path ``update`` (as in :func:`fit_members`)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     p = (0.2, 0.5) if dropout else (0.0, 0.0)
     models = [MLP(in_features, tuple(hidden), classes, *p) for _ in range(members)]
     net = StackedMLP.from_models(models).to(device)
     n = batch_size * 4
     data = Split(torch.rand(n, in_features, device=device), torch.randint(classes, (n,), device=device))
-    configs = [TrainConfig(batch_size=batch_size, l2=1e-5)] * members
-    optimizer = MemberOptimizer([*net.weights, *net.biases], configs)
+    configs = [TrainConfig(batch_size=batch_size, l2=1e-5, max_norm=max_norm, precision=precision)] * members
+    net.product_dtype = product_dtype(precision, device)
+    optimizer = MemberOptimizer([*net.weights, *net.biases], configs, update)
     regularizers = member_regularizers(configs, device)
     idx = torch.randint(n, (members, batch_size), device=device)
     lr = torch.full((members, 1, 1), 1e-3, device=device)
@@ -507,15 +552,16 @@ def step_seconds(hidden, batch_size: int, members: int = 1, *, dropout: bool = F
         step = lambda: replayed(idx, lr)
     threads = TrainingThreads(device)  # the threads fit would train with now (hwutils.threads)
     threads.adapt()
-    for _ in range(warmup):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = (time.perf_counter() - start) / steps
+    with matmul_precision(precision, device):  # a CUDA graph keeps the kernels chosen at its capture
+        for _ in range(warmup):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = (time.perf_counter() - start) / steps
     threads.restore()
     return seconds
