@@ -16,10 +16,8 @@ import re
 import numpy as np
 
 __all__ = ["start_part", "caption", "show_table", "show_settings", "format_percent", "plural",
-           "CONSTANT_LABELS", "CAPTION", "CITATION"]
+           "CAPTION", "CITATION"]
 
-#: How a searched training field is written in figures and text.
-CONSTANT_LABELS = {"l2": "λ₂", "l1": "λ₁", "kl": "β", "max_norm": "c", "lr": "learning rate"}
 
 #: A caption as :func:`caption` and :func:`show_table` write it, at the start of a Markdown block:
 #: an optional anchor (the label), then "**Figure 2.3.**" or "**Table 2.1.**" and the text.

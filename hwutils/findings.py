@@ -14,8 +14,8 @@ import time
 from .experiments import compare_to_noise, format_summary, grid_fields, methods_frame, ranking_text, run_facts, summarize
 from .diagnostics import regularizer_activity
 from .precision import describe
-from .profiles import LONG_L2, LR_STUDY, TABLE9_TEST_ERROR
-from .study import CONSTANT_LABELS, PROBE_MOMENTUM, WARMUP_PROBE, Study
+from .profiles import CONSTANT_LABELS, LONG_L2, LR_STUDY, TABLE9_TEST_ERROR
+from .study import PROBE_MOMENTUM, WARMUP_PROBE, Study
 from .thresholds import near_zero_text
 
 __all__ = [

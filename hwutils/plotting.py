@@ -15,7 +15,8 @@ import seaborn as sns
 import torch
 
 from .diagnostics import WEIGHT_LOG10_BINS, flat_weights, hidden_activity, unit_norms, unit_values
-from .display import CONSTANT_LABELS, format_percent
+from .display import format_percent
+from .profiles import CONSTANT_LABELS
 from .optim import bias_correction, uncorrected_step_ratio
 from .profiles import LONG_L2
 from .thresholds import AT_CAP, NEAR_ZERO, at_cap_text, near_zero_text, power_of_ten
@@ -221,6 +222,16 @@ def _running_mean(values, window: int):
     return np.arange(k - 1, len(values)), np.convolve(values, np.ones(k) / k, mode="valid")
 
 
+def _iteration_curves(history, smooth: int):
+    """A history's minibatch losses against the iteration, raw and as a running mean over
+    ``smooth`` iterations: ((x, loss), (x, mean)). A coarsened history (``iter_loss_every`` = s)
+    holds means of s minibatches, drawn at their iterations."""
+    every = history.iter_loss_every
+    loss = np.asarray(history.iter_loss)
+    x, mean = _running_mean(loss, max(1, round(smooth / every)))
+    return (np.arange(len(loss)) * every, loss), (x * every, mean)
+
+
 def plot_iteration_loss(results, smooth: int = 50, title=None):
     """Training data loss of every minibatch (first seed per method), with a running mean of
     ``smooth`` iterations on top of the raw (faint) values; log scale."""
@@ -228,9 +239,9 @@ def plot_iteration_loss(results, smooth: int = 50, title=None):
     styles = method_styles(grouped)
     fig, ax = plt.subplots(figsize=(PAGE_WIDTH, 3.4))
     for name, runs in grouped.items():
-        loss = np.asarray(runs[0].history.iter_loss)
-        ax.plot(loss, color=styles[name]["color"], alpha=0.12, lw=0.5)
-        ax.plot(*_running_mean(loss, smooth), **styles[name], label=name)
+        raw, mean = _iteration_curves(runs[0].history, smooth)
+        ax.plot(*raw, color=styles[name]["color"], alpha=0.12, lw=0.5)
+        ax.plot(*mean, **styles[name], label=name)
     ax.set_yscale("log")
     _count_ticks(ax.xaxis)
     ax.set_xlabel("iteration (minibatch update)")
@@ -424,8 +435,9 @@ def plot_method_panels(results, method: str | None = None, smooth: int = 50, tit
     h, color = grouped[method][0].history, method_colors(grouped)[method]
     fig, axes = plt.subplots(2, 2, figsize=(PAGE_WIDTH, 3.9))
     (iters, data_loss), (val_loss, val_error) = axes
-    iters.plot(h.iter_loss, color=color, alpha=0.2, lw=0.5)
-    iters.plot(*_running_mean(h.iter_loss, smooth), color=color, label=f"running mean of {smooth}")
+    raw, mean = _iteration_curves(h, smooth)
+    iters.plot(*raw, color=color, alpha=0.2, lw=0.5)
+    iters.plot(*mean, color=color, label=f"running mean of {smooth}")
     iters.set(yscale="log", xlabel="iteration (minibatch update)", ylabel="training data loss")
     iters.legend(loc="upper right")
     epochs = np.arange(1, h.epochs_run + 1)

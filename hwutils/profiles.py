@@ -15,7 +15,7 @@ from .training import TrainConfig
 __all__ = [
     "PROFILES", "check_profile",
     "AdamProfile", "ADAM_PROFILES", "adam_profile",
-    "MnistProfile", "MNIST_PROFILES", "MNIST_CONSTANTS", "WARMUP_EPOCHS", "LR_STUDY", "mnist_search_grids",
+    "MnistProfile", "MNIST_PROFILES", "MNIST_CONSTANTS", "CONSTANT_LABELS", "WARMUP_EPOCHS", "LR_STUDY", "mnist_search_grids",
     "mnist_profile",
     "mnist_methods", "inherit_l2", "final_methods", "LONG_L2",
     "AUTHORS_RECIPE", "PAPER_B1", "AUTHORS_STEPS", "recipe_steps", "recipe_time_scale", "authors_recipe_methods",
@@ -149,6 +149,8 @@ MNIST_CONSTANTS = {
     "L2 + L1 (late)": ("l1", (1e-5, 3e-5, 1e-4)),
     "L2 + KL-sparsity": ("kl", (1e-4, 1e-3)),
 }
+#: How each searched training field is written in tables, figures and prose.
+CONSTANT_LABELS = {"l2": "λ₂", "l1": "λ₁", "kl": "β", "max_norm": "c", "lr": "learning rate"}
 #: The methods whose learning rate is searched with their constant (the learning-rate study).
 LR_STUDY = ("L2", "max-norm", "dropout + L2", "dropout + max-norm")
 

@@ -22,7 +22,6 @@ This module imports torch, numpy and pandas only (no plotting, no Jupyter).
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 import os
@@ -31,17 +30,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .cache import run_stem
-from .experiments import (MAX_TOGETHER, Method, choices_at_edge, compare_to_noise, grid_fields, run_facts,
-                          run_key, run_sweep, search_candidates, search_choices, summarize)
-from .profiles import (LONG_L2, LR_STUDY, TABLE9_TEST_ERROR, authors_recipe_methods, final_methods, inherit_l2,
-                       mnist_methods, mnist_profile, mnist_search_grids, mnist_splits)
-from .thresholds import at_cap_text, near_zero_text
+from .experiments import (MAX_TOGETHER, Method, choices_at_edge, grid_fields, run_key, run_sweep, search_candidates,
+                          search_choices)
+from .profiles import (authors_recipe_methods, final_methods, inherit_l2, mnist_methods, mnist_profile,
+                       mnist_search_grids, mnist_splits)
 
 __all__ = ["Study", "Stage", "Batch", "Estimate", "SearchOutcome", "shard_jobs", "busy_note", "duration",
-           "CONSTANT_LABELS", "GRID_EXTENSIONS"]
+           "GRID_EXTENSIONS"]
 
-#: How each searched field reads in tables and prose.
-CONSTANT_LABELS = {"l2": "λ₂", "l1": "λ₁", "kl": "β", "max_norm": "c", "lr": "learning rate"}
 #: How many times a search grid is extended outward, one step at a time, while its choice is at an edge.
 GRID_EXTENSIONS = 2
 #: The learning rates of the input-scaling diagnosis: the first two of the grid at or above this.
@@ -598,6 +594,8 @@ def _parser():
     export = sub.add_parser("export", help="write the study's results (no weights) to one file")
     study_options(export)
     export.add_argument("--out", required=True, help="the bundle to write, e.g. paper.json.gz")
+    export.add_argument("--partial", action="store_true",
+                        help="write the runs trained so far (to carry them to another machine and train on there)")
     imp = sub.add_parser("import", help="put a bundle's runs into a results folder")
     imp.add_argument("bundle", help="a file written by 'export'")
     imp.add_argument("--results-dir", default="results", help="where to put them (default results)")
@@ -676,19 +674,29 @@ def _export(args) -> int:
                 missing += 1
             else:
                 records.append(loaded[0])
-    if missing:
+    if missing and not args.partial:
         print(f"hwutils.study export: {missing} of {len(seen)} runs of profile {profile} are not in "
               f"{study.results_dir}: train them first (python -m hwutils.study --profile {profile} ...)")
         return 1
-    study.train_all()  # all cached: loads them, and fills in what a record lacks (test errors)
+    if missing:  # the test errors later stages read off these runs, which travel without weights
+        for stage in study.plan():
+            for b, batch in enumerate(stage.batches):
+                done = [(m, s) for bb, m, s in stage.jobs() if bb == b and study._cached(batch, m, s)]
+                if batch.evaluate_test and done:
+                    study._sweep(batch, done)
+    else:
+        study.train_all()  # all cached: loads them, and fills in what a record lacks (test errors)
     records = [load_run(run_stem(study.results_dir, r["method"], r["key"]))[0] for r in records]
     log = Path(study.results_dir) / RUN_LOG
     runs = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()] if log.exists() else []
     mine = [r for r in runs if r.get("profile") == profile]
     origin = mine[-1] if mine else provenance(profile=profile, note="no runner log: trained by the notebook")
-    summary = export_runs(records, args.out, {**origin, "profile": profile, "exported": provenance()["date"]})
+    partial = {"partial": f"{len(records)} of {len(seen)} runs"} if missing else {}
+    summary = export_runs(records, args.out, {**origin, "profile": profile, "exported": provenance()["date"],
+                                              **partial})
     print(f"hwutils.study export: {summary['runs']} runs of profile {profile} to {summary['path']} "
-          f"({summary['bytes'] / 1e6:.2f} MB, no weights)")
+          f"({summary['bytes'] / 1e6:.2f} MB, no weights)"
+          + (f"; partial: {missing} of {len(seen)} runs still to train" if missing else ""))
     return 0
 
 

@@ -27,6 +27,7 @@ from .precision import PRECISIONS, matmul_precision, product_dtype
 from .progress import progress_bar
 from .regularizers import L1Schedule, member_regularizers
 from .threads import TrainingThreads
+from .thresholds import AT_CAP, NEAR_ZERO
 
 __all__ = ["TrainConfig", "History", "fit", "fit_members", "train_step", "evaluate", "evaluate_members",
            "step_seconds", "momentum_at", "largest_effective_step"]
@@ -130,15 +131,18 @@ class TrainConfig:
 class History:
     """What :func:`fit` measured. Per-epoch lists have one entry per epoch run (epoch 1 first).
 
-    * ``iter_loss``: data loss (cross-entropy, no penalty) of every minibatch.
+    * ``iter_loss``: data loss (cross-entropy, no penalty) of every minibatch; or, with
+      ``iter_loss_every`` = s > 1 (a history coarsened for a portable bundle), the mean of each
+      block of s minibatches.
     * ``train_loss``: mean minibatch data loss of the epoch (dropout active, as trained).
     * ``penalty``: the weighted penalty terms at the end of the epoch, kept apart from the data
       loss so that methods are compared by data loss. The KL term is measured on the last minibatch.
     * ``val_loss``, ``val_error``: on the validation split, model in evaluation mode.
-    * ``small_weights``: fraction of weights with ``|w| < 1e-3`` at the end of each epoch
+    * ``small_weights``: fraction of weights below :data:`~hwutils.thresholds.NEAR_ZERO` in
+      magnitude at the end of each epoch
       (how sparse the network is; see L1).
     * ``max_unit_norm``, ``at_cap``: the largest norm of a hidden unit's incoming weight vector, and
-      the fraction of hidden units at the max-norm radius (norm ≥ 0.99 c; 0 without max-norm), at
+      the fraction of hidden units at the max-norm radius (norm ≥ AT_CAP · c; 0 without max-norm), at
       the end of each epoch: whether the constraint binds.
     * ``epoch_seconds``: wall time of each epoch (training and validation); for K runs trained
       together, the epoch's time divided by K.
@@ -160,6 +164,7 @@ class History:
     stopped_early: bool = False
     diverged: bool = False
     steps_per_epoch: int = 0
+    iter_loss_every: int = 1
 
     @property
     def epochs_run(self) -> int:
@@ -174,11 +179,24 @@ class History:
         return self.val_error[self.best_epoch - 1]
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        # Not dataclasses.asdict: it deep-copies every float, seconds for the million losses of a long run.
+        return {f.name: list(v) if isinstance(v := getattr(self, f.name), list) else v
+                for f in dataclasses.fields(self)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "History":
         return cls(**d)
+
+    def coarsened(self, max_points: int) -> "History":
+        """This history with ``iter_loss`` averaged over blocks of minibatches so that at most
+        ``max_points`` remain (the per-epoch lists are kept whole); ``iter_loss_every`` says how many
+        minibatches a point stands for."""
+        every = max(1, math.ceil(len(self.iter_loss) / max_points))
+        if every == 1:
+            return dataclasses.replace(self)
+        blocks = [self.iter_loss[i:i + every] for i in range(0, len(self.iter_loss), every)]
+        return dataclasses.replace(self, iter_loss=[sum(b) / len(b) for b in blocks],
+                                   iter_loss_every=every * self.iter_loss_every)
 
     def record(self, **values) -> None:
         """Append one epoch's values (``train_loss=..., val_loss=..., ...``)."""
@@ -455,9 +473,9 @@ def fit_members(models, train: Split, val: Split, configs, *, names=None, progre
             losses[b] = step(order[:, b * bs:(b + 1) * bs], lrs[b], momenta[b])
         val_loss, val_error = evaluate_members(net, val)
         penalty = sum(r.value(net.weights) for r in regularizers) + torch.zeros(k, device=device)
-        small = sum((w.abs() < 1e-3).sum((1, 2)) for w in net.weights) / sum(w[0].numel() for w in net.weights)
+        small = sum((w.abs() < NEAR_ZERO).sum((1, 2)) for w in net.weights) / sum(w[0].numel() for w in net.weights)
         norms = torch.cat([w.norm(dim=2) for w in net.weights[:-1]], 1)             # [K, hidden units]
-        at_cap = (norms >= 0.99 * cap[:, None]).float().mean(1)
+        at_cap = (norms >= AT_CAP * cap[:, None]).float().mean(1)
         per_member = torch.cat([losses.T, torch.stack([val_loss, val_error, penalty, small, norms.max(1).values,
                                                        at_cap], 1)], 1)
         rows = per_member.tolist()                                           # the epoch's one host sync
