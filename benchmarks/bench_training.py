@@ -17,14 +17,22 @@ batch 128):
    would flatter), over ``--shared-rounds`` (2) rounds;
 6. ms per step **per run** of K runs trained together as one ``StackedMLP``
    (``hwutils.training.step_seconds``: one ``train_step`` with L2 on random data) at the paper shape
-   (784-1024-1024-2048-10, batch 100): K = 1, 6, 18 on CUDA (the step replayed as a CUDA graph),
-   K = 1 and 6 on the CPU (≈ 2.4 GFLOP per step per run; K = 18 would take minutes there). Without
-   CUDA the CUDA rows are skipped with the reason printed.
+   (784-1024-1024-2048-10, batch 100): K = 1, 6, 18 on CUDA (the step replayed as a CUDA graph) with
+   FP32 and TF32 products, and at K = 18 bf16 products and the update plain, fused and compiled
+   (:mod:`hwutils.fused`, with max-norm); K = 1 and 6 on the CPU (≈ 2.2 GFLOP per step per run; K = 18
+   would take minutes there), the fused update at K = 6. Without CUDA the CUDA rows are skipped with
+   the reason printed. Beside each row its floor (:mod:`hwutils.roofline`), per step per run: the
+   memory floor - the bytes a step must move (``step_bytes``: 32 per weight, 124 MB per run-step
+   here) over the copy bandwidth measured here (``copy_bandwidth``: one large tensor's ``copy_`` on the
+   row's device) - and the arithmetic floor - the step's product FLOPs over the rate the same stacked
+   products reach alone at that precision; the floor is the larger, ``vs_floor`` = measured / floor.
+   ``--members-only`` runs only these rows (no MNIST needed): what a GPU window has time for.
 
 FLOP counts are those of the matrix products a step needs: per layer 2·B·in·out for the forward
 product, as much for the weight gradient, and as much again for the input gradient except in the
 first layer (the images need no gradient). Prints a table and writes it to
-``benchmarks/results/bench_training.{csv,json}`` (plus ``bench_overhead.csv``, ``bench_members.csv``).
+``benchmarks/results/bench_training.{csv,json}`` (plus ``bench_overhead.csv``, ``bench_members.csv``);
+the quick-shape rows carry their memory floor too (``memory_floor_ms``, ``vs_memory_floor``).
 
 Budget: about 5 minutes on 2 CPU cores. Each ``fit`` timing is 3 epochs of a 10,000-image subset
 (79 steps each; the fastest epoch after the first counts), repeated ``--rounds`` (3) times round-robin
@@ -33,7 +41,8 @@ measuring every configuration in each round keeps that drift out of the ratios. 
 rows take a few steps each (``--rounds`` times, interleaved, fastest kept). Targets (a benchmark, not
 a test): plain ``fit`` ≥ 0.75 of the ceiling (issue 10's done-when), no regularizer adding > 15 % to
 a step, ``fit`` ≥ 10× the naive baseline; on CUDA, K = 18 at ≥ 8× below 1.9 ms per step per run
-(``fit`` at the paper shape on an H100 before the stacked engine); on the CPU, the default ``fit``
+(``fit`` at the paper shape on an H100 before the stacked engine) and, stacked, at ≤ 0.045 ms per step
+per run (issue 19: 1.5× an H200's memory floor); on the CPU, the default ``fit``
 beside the busy process within 2× of alone (issue 20), and alone no slower than with all cores.
 """
 from __future__ import annotations
@@ -57,25 +66,19 @@ from torch.nn import functional as F
 from hwutils.data import Split, find_mnist_dir, load_mnist
 from hwutils.profiles import MNIST_PROFILES, mnist_methods
 from hwutils.models import MLP, ModelConfig
+from hwutils.roofline import copy_bandwidth, floors, product_rate, step_bytes, step_flops
 from hwutils.threads import THREADS_ENV
 from hwutils.training import TrainConfig, fit, step_seconds
 
 OUT = Path(__file__).resolve().parent / "results"
 PAPER_HIDDEN, PAPER_BATCH = (1024, 1024, 2048), 100   # Table 9 of Srivastava et al. (2014)
 BEFORE_MS_PER_RUN = 1.9    # fit at the paper shape on one H100 before the stacked engine (issue 10)
+TARGET_MS_PER_RUN = 0.045  # issue 19: within 1.5x of the memory floor of an H200
 
 
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
-
-
-def step_flops(widths, batch):
-    flops = 0
-    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
-        products = 2 if i == 0 else 3
-        flops += products * 2 * batch * a * b
-    return flops
 
 
 def gemm_ceiling(widths, batch, device, seconds=3.0):
@@ -103,30 +106,136 @@ def gemm_ceiling(widths, batch, device, seconds=3.0):
     return n * step_flops(widths, batch) / (time.perf_counter() - start)
 
 
-def member_rows(device, rounds, ceiling):
-    """ms per step per run of K runs trained together at the paper shape (``step_seconds``), K = 1, 6, 18
-    on CUDA (CUDA-graph replay), K = 1, 6 on the CPU; the K are interleaved in every round, fastest kept."""
+def member_variants(device):
+    """The paper-shape rows: ``(precision, update, max-norm radius or None, the K measured)``. First the
+    condition of the H100 figure (FP32 products, the plain update, L2); on CUDA then the default (TF32)
+    at every K, and at K = 18 bf16 products and, with max-norm, the fused and compiled updates
+    (:mod:`hwutils.fused`) beside the plain one; on the CPU the fused update at K = 6."""
+    if device.type == "cuda":
+        return [("fp32", "plain", None, (1, 6, 18)), ("tf32", "plain", None, (1, 6, 18)),
+                ("bf16", "plain", None, (18,)), ("tf32", "plain", 3.0, (18,)), ("tf32", "fused", 3.0, (18,)),
+                ("tf32", "compiled", 3.0, (18,))]
+    return [("fp32", "plain", None, (1, 6)), ("fp32", "plain", 3.0, (6,)), ("fp32", "fused", 3.0, (6,))]
+
+
+def member_rows(device, rounds, bandwidth):
+    """ms per step per run of K runs trained together at the paper shape (``step_seconds``: one
+    ``train_step`` with L2, or L2 + max-norm) for each of :func:`member_variants`, beside its floors
+    (:func:`hwutils.roofline.floors`: the memory floor at ``bandwidth``, the arithmetic floor at the rate
+    the same stacked products reach alone at that precision). The measurements are interleaved in
+    every round, fastest kept; one that fails (e.g. a compile) is named and left out."""
     widths = [784, *PAPER_HIDDEN, 10]
     flops = step_flops(widths, PAPER_BATCH)
-    members = (1, 6, 18) if device.type == "cuda" else (1, 6)
+    cuda = device.type == "cuda"
     # CPU: a step of K = 6 is ~0.15 s, so a few steps; CUDA: enough steps to dwarf the timer.
-    steps = {k: (200 if device.type == "cuda" else max(4, 24 // k)) for k in members}
-    best = {}
+    steps = lambda k: 200 if cuda else max(4, 24 // k)  # noqa: E731
+    jobs = [(p, u, c, k) for p, u, c, ks in member_variants(device) for k in ks]
+    rates, best, failed = {}, {}, {}
     for _ in range(rounds):
-        for k in members:
-            seconds = step_seconds(PAPER_HIDDEN, PAPER_BATCH, k, device=device, steps=steps[k],
-                                   warmup=5 if device.type == "cuda" else 2)
-            best[k] = min(best.get(k, float("inf")), seconds)
+        for p, k in dict.fromkeys((p, k) for p, _, _, k in jobs):  # in every round too, fastest kept
+            rate = product_rate(widths, PAPER_BATCH, k, device=device, precision=p, seconds=1.0 if cuda else 0.5)
+            rates[p, k] = max(rates.get((p, k), 0.0), rate)
+        for job in jobs:
+            if job in failed:
+                continue
+            precision, update, radius, k = job
+            try:
+                seconds = step_seconds(PAPER_HIDDEN, PAPER_BATCH, k, device=device, steps=steps(k),
+                                       warmup=5 if cuda else 2, precision=precision, update=update, max_norm=radius)
+            except Exception as err:  # noqa: BLE001  (a row that cannot run is named, the others go on)
+                failed[job] = f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"
+                print(f"  {precision} {update} K = {k}: skipped ({failed[job]})", flush=True)
+                continue
+            best[job] = min(best.get(job, float("inf")), seconds)
     rows = []
-    for k in members:
-        per_run = best[k] / k
-        rows.append({"device": device.type, "members": k, "ms_per_step_per_run": 1e3 * per_run,
-                     "ms_per_step": 1e3 * best[k], "gflops": flops / per_run / 1e9,
-                     "of_ceiling": flops / per_run / ceiling,
-                     "vs_K1": best[1] / per_run})
-        print(f"  {device.type} K = {k:2d}: {1e3 * per_run:.3f} ms per step per run "
-              f"({1e3 * best[k]:.2f} ms per step of all {k})", flush=True)
+    for job in jobs:
+        if job not in best:
+            continue
+        precision, update, radius, k = job
+        per_run = best[job] / k
+        floor = floors(widths, PAPER_BATCH, k, bandwidth, rates[precision, k])
+        first = best.get((precision, update, radius, 1))
+        rows.append({"device": device.type, "precision": precision, "update": update,
+                     "step": "L2" if radius is None else "L2 + max-norm", "members": k,
+                     "ms_per_step_per_run": 1e3 * per_run, "ms_per_step": 1e3 * best[job],
+                     "gflops": flops / per_run / 1e9, "of_ceiling": floor["arithmetic"] / per_run,
+                     "memory_floor_ms": 1e3 * floor["memory"], "arithmetic_floor_ms": 1e3 * floor["arithmetic"],
+                     "floor_ms": 1e3 * floor["floor"], "vs_floor": per_run / floor["floor"],
+                     "vs_K1": first / per_run if first else float("nan")})
+        print(f"  {device.type} {precision} {update:8s} {rows[-1]['step']:13s} K = {k:2d}: {1e3 * per_run:.3f} ms "
+              f"per step per run ({1e3 * best[job]:.2f} ms per step of all {k}); floor {1e3 * floor['floor']:.3f} ms "
+              f"({per_run / floor['floor']:.2f}x)", flush=True)
     return rows
+
+
+def member_summary(members) -> dict:
+    """The paper-shape rows' verdict entries: K = 6 against K = 1 and K = 18 against the 1.9 ms before
+    the engine (FP32, plain update, L2: the old rows' condition), and the fastest stacked row's
+    measured time against its floor and issue 19's 0.045 ms per step per run."""
+    base = members.xs(("fp32", "plain", "L2"), level=("precision", "update", "step"))
+    per_run = {k: row["ms_per_step_per_run"] for (_, k), row in base.iterrows()}
+    device = members.index.get_level_values("device")[0]
+    verdict = {f"{device} K = 6 vs K = 1, per run": per_run[1] / per_run[6]}
+    if 18 in per_run:
+        verdict["cuda K = 18 per run vs 1.9 ms before the engine"] = BEFORE_MS_PER_RUN / per_run[18]
+    largest = members.index.get_level_values("members").max()
+    fastest = members.xs(largest, level="members")["ms_per_step_per_run"].idxmin()
+    row = members.loc[(*fastest[:4], largest)]
+    verdict[f"fastest K = {largest} row ({', '.join(fastest[1:4])}): ms per step per run"] = row["ms_per_step_per_run"]
+    verdict[f"fastest K = {largest} row: measured / floor"] = row["vs_floor"]
+    return verdict
+
+
+def print_floors(members) -> None:
+    """The stacked rows' floor, measured time and their ratio, one line each (the issue-19 target beside)."""
+    print("\nFloors of the stacked rows (ms per step per run; floor = the larger of memory and arithmetic)")
+    for key, row in members.iterrows():
+        if key[-1] == 1:
+            continue
+        device, precision, update, step, k = key
+        print(f"  {device} {precision} {update} {step} K = {k}: floor {row['floor_ms']:.4f} (memory "
+              f"{row['memory_floor_ms']:.4f}, arithmetic {row['arithmetic_floor_ms']:.4f}), measured "
+              f"{row['ms_per_step_per_run']:.4f}, measured / floor {row['vs_floor']:.2f}")
+    if "cuda" in members.index.get_level_values("device"):
+        best = members["ms_per_step_per_run"].min()
+        print(f"  issue 19: <= {TARGET_MS_PER_RUN} ms per step per run at the paper shape, stacked: "
+              f"{'met' if best <= TARGET_MS_PER_RUN else 'NOT met'} ({best:.4f} ms)")
+
+
+MEMBER_INDEX = ["device", "precision", "update", "step", "members"]
+MEMBER_COLUMNS = ("one train_step; of_ceiling per run against the same stacked products alone at that precision; "
+                  "floor = the larger of the memory floor (hwutils.roofline) and the arithmetic one; vs_floor = "
+                  "measured / floor; vs_K1 = speed-up per run")
+
+
+def members_only(device, where, rounds, paper_ceiling, bandwidth, began) -> int:
+    """``--members-only``: the paper-shape rows, their floors and verdict, written to ``bench_members.csv``
+    and ``bench_training.json`` (meta, members, summary)."""
+    import pandas as pd
+
+    paper_widths = [784, *PAPER_HIDDEN, 10]
+    print(f"\nK runs trained together at {'-'.join(map(str, paper_widths))}, batch {PAPER_BATCH}", flush=True)
+    members = pd.DataFrame(member_rows(device, rounds, bandwidth)).set_index(MEMBER_INDEX)
+    pd.set_option("display.width", 200)
+    print(f"\nDevice {device} ({where}); {paper_ceiling / 1e9:.1f} GFLOP/s at the paper shape, copy bandwidth "
+          f"{bandwidth / 1e9:.1f} GB/s\n({MEMBER_COLUMNS})")
+    print(members.to_string(float_format=lambda v: f"{v:,.4f}"))
+    print_floors(members)
+    verdict = member_summary(members)
+    print("\nSummary")
+    for key, value in verdict.items():
+        print(f"  {key}: {value:.3f}")
+    OUT.mkdir(parents=True, exist_ok=True)
+    members.to_csv(OUT / "bench_members.csv")
+    meta = {"device": str(device), "device_name": where, "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "paper_widths": paper_widths, "paper_batch": PAPER_BATCH,
+            "paper_ceiling_gflops": paper_ceiling / 1e9, "copy_bandwidth_gbps": bandwidth / 1e9,
+            "paper_step_bytes": step_bytes(paper_widths), "rounds": rounds, "members_only": True,
+            "seconds": time.perf_counter() - began}
+    (OUT / "bench_training.json").write_text(json.dumps(
+        {"meta": meta, "members": members.reset_index().to_dict("records"), "summary": verdict}, indent=2))
+    print(f"\nwritten: {OUT / 'bench_members.csv'}, {OUT / 'bench_training.json'} ({time.perf_counter() - began:.0f} s)")
+    return 0
 
 
 def time_fit(model_config, train_config, train, val, device, epochs=3):
@@ -264,6 +373,9 @@ def main(argv=None):
                         help="repetitions of the shared-machine row")
     parser.add_argument("--busy-seconds", type=float, default=300,
                         help="the longest the shared-machine row's busy neighbour lives")
+    parser.add_argument("--members-only", action="store_true",
+                        help="only the paper-shape rows (K runs stacked) and their floors: what a GPU window has "
+                             "time for (needs no MNIST)")
     args = parser.parse_args(argv)
     began = time.perf_counter()
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -281,6 +393,13 @@ def main(argv=None):
           f"({flops / 1e9:.3f} GFLOP per step); {paper_ceiling / 1e9:.1f} GFLOP/s at "
           f"{'-'.join(map(str, paper_widths))}, batch {PAPER_BATCH} "
           f"({step_flops(paper_widths, PAPER_BATCH) / 1e9:.3f} GFLOP per step per run)", flush=True)
+    bandwidth = copy_bandwidth(device)
+    print(f"copy bandwidth {bandwidth / 1e9:.1f} GB/s (one large tensor's copy_, bytes read + written); memory "
+          f"floor {step_bytes(paper_widths) / 1e6:.1f} MB per run-step at the paper shape "
+          f"(hwutils.roofline.step_bytes)", flush=True)
+    if args.members_only:
+        return members_only(device, where, args.rounds, paper_ceiling, bandwidth, began)
+    quick_floor = step_bytes(widths) / bandwidth
     data = load_mnist(device=device)
     train, val = data.train, Split(data.val.X[:512], data.val.y[:512])  # tiny val: time the training steps
 
@@ -291,8 +410,9 @@ def main(argv=None):
     def add(name, seconds):
         rows.append({"what": name, "ms_per_step": 1e3 * seconds, "steps_per_s": 1 / seconds,
                      "samples_per_s": batch / seconds, "gflops": flops / seconds / 1e9,
-                     "of_ceiling": flops / seconds / ceiling})
-        print(f"  {name}: {1e3 * seconds:.2f} ms/step", flush=True)
+                     "of_ceiling": flops / seconds / ceiling, "memory_floor_ms": 1e3 * quick_floor,
+                     "vs_memory_floor": seconds / quick_floor})
+        print(f"  {name}: {1e3 * seconds:.2f} ms/step ({seconds / quick_floor:.2f}x the memory floor)", flush=True)
         return seconds
 
     plain_cfg = ModelConfig(hidden=profile.hidden)
@@ -343,7 +463,7 @@ def main(argv=None):
         print("\nfit beside a busy process: skipped on CUDA (threads are a matter of the CPU step)")
 
     print(f"\nK runs trained together at {'-'.join(map(str, paper_widths))}, batch {PAPER_BATCH}", flush=True)
-    member = member_rows(device, args.rounds, paper_ceiling)
+    member = member_rows(device, args.rounds, bandwidth)
     if device.type != "cuda":
         why = ("CUDA is not available on this machine" if not torch.cuda.is_available()
                else f"--device {device} was asked for")
@@ -353,18 +473,20 @@ def main(argv=None):
 
     table = pd.DataFrame(rows).set_index("what")
     over = pd.DataFrame(overhead_rows).set_index("regularizer")
-    members = pd.DataFrame(member).set_index(["device", "members"])
+    members = pd.DataFrame(member).set_index(MEMBER_INDEX)
     pd.set_option("display.width", 160)
     print(f"\nDevice {device} ({where}); ceiling {ceiling / 1e9:.1f} GFLOP/s at the quick shape, "
           f"{paper_ceiling / 1e9:.1f} GFLOP/s at the paper shape")
     print(f"\nThroughput at {'-'.join(map(str, widths))}, batch {batch} "
-          "(matrix-product FLOPs per second; of_ceiling = share of the ceiling)")
+          "(matrix-product FLOPs per second; of_ceiling = share of the ceiling; vs_memory_floor = measured / "
+          "the memory floor)")
     print(table.to_string(float_format=lambda v: f"{v:,.2f}"))
     print("\nRegularizer overhead per step, relative to plain fit")
     print(over.to_string(float_format=lambda v: f"{v:+.1%}" if abs(v) < 5 else f"{v:.2f}"))
     print(f"\nK runs trained together at {'-'.join(map(str, paper_widths))}, batch {PAPER_BATCH} "
-          "(one train_step with L2; of_ceiling per run against the paper-shape ceiling; vs_K1 = speed-up per run)")
+          f"({MEMBER_COLUMNS})")
     print(members.to_string(float_format=lambda v: f"{v:,.3f}"))
+    print_floors(members)
     if shared:
         busy = pd.DataFrame(shared).set_index("threads")
         print(f"\nfit's step alone and beside a busy process in another session (as from another "
@@ -376,10 +498,9 @@ def main(argv=None):
         "worst regularizer overhead": over["overhead"].max(),
         "fit / naive speed-up": naive / plain,
     }
-    per_run = {k: row["ms_per_step_per_run"] for (_, k), row in members.iterrows()}
-    verdict[f"{device.type} K = 6 vs K = 1, per run"] = per_run[1] / per_run[6]
-    if 18 in per_run:
-        verdict["cuda K = 18 per run vs 1.9 ms before the engine"] = BEFORE_MS_PER_RUN / per_run[18]
+    verdict.update(member_summary(members))
+    per_run = {k: row["ms_per_step_per_run"] for (_, k), row in
+               members.xs(("fp32", "plain", "L2"), level=("precision", "update", "step")).iterrows()}
     if shared:
         default, every = busy.loc["default (free cores)"], busy.iloc[-2]  # the row before: all cores
         verdict["default fit beside a busy process / alone"] = max(default["slowdown_another"],
@@ -412,8 +533,8 @@ def main(argv=None):
     meta = {"device": str(device), "device_name": where, "threads": torch.get_num_threads(),
             "torch": torch.__version__, "widths": widths, "batch": batch, "gflop_per_step": flops / 1e9,
             "ceiling_gflops": ceiling / 1e9, "paper_widths": paper_widths, "paper_batch": PAPER_BATCH,
-            "paper_ceiling_gflops": paper_ceiling / 1e9, "rounds": args.rounds,
-            "train_images": args.train_images, "seconds": time.perf_counter() - began}
+            "paper_ceiling_gflops": paper_ceiling / 1e9, "copy_bandwidth_gbps": bandwidth / 1e9,
+            "rounds": args.rounds, "train_images": args.train_images, "seconds": time.perf_counter() - began}
     (OUT / "bench_training.json").write_text(json.dumps(
         {"meta": meta, "throughput": table.reset_index().to_dict("records"),
          "overhead": over.reset_index().to_dict("records"), "members": members.reset_index().to_dict("records"),
