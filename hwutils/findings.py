@@ -141,7 +141,7 @@ def warmup_text(study: Study) -> str:
     hot = rows[rows["warm-up"] == "with warm-up"]["dead units (%)"]
     seeds = WARMUP_PROBE["seeds"]
     return (f"Dead hidden units after {WARMUP_PROBE['epochs']} epochs at learning rate {WARMUP_PROBE['lr']:g}, "
-            f"seeds {seeds[0]}–{seeds[-1]}: without warm-up {', '.join(f'{v:.0f}' for v in cold)} %; with it "
+            f"seeds {seeds[0]}–{seeds[-1]}: without warm-up {', '.join(f'{v:.1f}' for v in cold)} %; with it "
             f"{', '.join(f'{v:.1f}' for v in hot)} %. A test in `tests/` pins this.")
 
 
@@ -181,7 +181,7 @@ def search_text(study: Study) -> str:
                 for outcome in (lr, const) for n, spec in outcome.grid.items()
                 for f, v in grid_fields(spec).items()
                 if n in outcome.base and len(v) > len(grid_fields(outcome.base[n])[f])]
-    tied = lr.tied
+    tied, still = lr.tied, const.tied
     parts = ["**Choices at the edge of their grid** (the optimum may lie beyond it): "
              + ("; ".join(f"{n}: {CONSTANT_LABELS[f]} = {v:g} is the {side} value tried, after the grid was "
                           f"extended as far as the search allows" for n, f, v, side in edges) + "."
@@ -189,11 +189,16 @@ def search_text(study: Study) -> str:
     if extended:
         parts.append("**Grids extended** because a choice landed on their edge: " + "; ".join(extended) + ".")
     if tied:
-        parts.append("**Ties on the search data**, the same validation error for every value of the constant at "
-                     "the chosen learning rate, so validation could not choose there; each was searched again at "
-                     "the final budget, where it acts: "
+        parts.append("**Ties on the search data**: at the chosen learning rate several values of the constant "
+                     "shared the lowest validation error, so validation could not choose among them there; they "
+                     "were searched again at the final budget, where a constant acts longer: "
                      + "; ".join(f"{n} ({CONSTANT_LABELS[f]} ∈ {{{_grid_text(v)}}})" for n, (f, v) in tied.items())
                      + ". A max-norm radius ties when it never binds in the search's few steps.")
+    if still:
+        parts.append("**Still tied at the final budget**, so the tie rule kept the smallest value and the "
+                     "constant made no difference in this run: "
+                     + "; ".join(f"{n} ({CONSTANT_LABELS[f]} ∈ {{{_grid_text(v)}}})" for n, (f, v) in still.items())
+                     + ".")
     return "\n\n".join(parts)
 
 
@@ -459,34 +464,28 @@ def _binomial_se(error_pct: float, n: int) -> float:
 
 
 def table9_text(study: Study) -> str:
-    """One sentence per Table 9 row: this run against the paper, agree or differ, and what differs
-    between the two set-ups."""
+    """Each Table 9 row named as agreeing with the paper within the noise, or below or above it
+    beyond the noise (by how much), and what differs between the two set-ups."""
     rows, sizes = table9_rows(study), study.sizes
     paper_net = sizes.hidden == (1024, 1024, 2048)
     dropout_steps = sizes.dropout_epochs * math.ceil(len(study.data.train) / sizes.batch_size)
-    lines = []
-    for name, r in rows.iterrows():
-        verdict = ("agrees with Table 9 within the noise" if r["agrees"] else
-                   f"is {abs(r['difference']):.2f} points {'below' if r['difference'] < 0 else 'above'} Table 9, "
-                   f"beyond the noise")
-        lines.append(f"* **{name}:** {r['this run (%)']:.2f} % (s.e. {r['s.e.']:.2f}) against {r['Table 9 (%)']:.2f} %: "
-                     f"{verdict} (2 s.e. of the difference: {r['2 s.e.']:.2f}).")
-    agree = int(rows["agrees"].sum())
+    named = lambda names: ", ".join(f"{n} ({rows.loc[n, 'difference']:+.2f})" for n in names)  # noqa: E731
+    agree = [n for n, r in rows.iterrows() if r["agrees"]]
     below = [n for n, r in rows.iterrows() if not r["agrees"] and r["difference"] < 0]
     above = [n for n, r in rows.iterrows() if not r["agrees"] and r["difference"] > 0]
+    parts = [f"agree with Table 9 within the noise: {', '.join(agree)}" if agree else "",
+             f"below Table 9 beyond the noise (points): {named(below)}" if below else "",
+             f"above it beyond the noise: {named(above)}" if above else ""]
+    text = f"Of the {len(rows)} rows of @tbl-table9, " + "; ".join(p for p in parts if p) + "."
+    if agree == list(rows.index):
+        return text
     why = ("the same network as the paper" if paper_net else
            f"a smaller network ({'-'.join(map(str, sizes.hidden))} against 1024-1024-2048)")
-    sides = "; ".join(part for part in (f"below Table 9: {', '.join(below)}" if below else "",
-                                        f"above it: {', '.join(above)}" if above else "") if part)
-    lines.append(f"\n{agree} of {len(rows)} rows agree with Table 9 within the noise"
-                 + (f" ({sides})" if sides else "") + ". "
-                 + ("" if agree == len(rows) else
-                    f"The set-ups differ in {why}, {dropout_steps:,} updates for the dropout methods against about "
-                    f"a million, constants searched on this run's validation split, and the optimizer: this "
-                    f"project's Nesterov momentum 0.9 with cosine decay and warm-up, where the authors' published "
-                    f"configuration uses plain momentum rising from 0.5 to 0.99 and a learning rate decaying as "
-                    f"1/(1 + t/10,000)."))
-    return "\n".join(lines)
+    return (text + f" The set-ups differ in {why}, {dropout_steps:,} updates for the dropout methods against "
+            f"about a million, constants searched on this run's validation split, and the optimizer: this "
+            f"project's Nesterov momentum 0.9 with cosine decay and warm-up, where the authors' published "
+            f"configuration uses plain momentum rising from 0.5 to 0.99 and a learning rate decaying as "
+            f"1/(1 + t/10,000) (@tbl-recipe runs that recipe).")
 
 
 def questions_text(study: Study) -> str:
@@ -534,14 +533,13 @@ def recipe_rows(study: Study):
                        *[(m.name, [r for r in study.recipe if r.method == m.name]) for m in study.recipe_methods]]:
         cfg = runs[0].config["train"]
         step, at = _effective_step(runs[0])
-        rows.append({"method": name, "test error (%)": sum(_pct(r.test_error) for r in runs) / len(runs),
-                     "validation error (%)": sum(_pct(r.val_error) for r in runs) / len(runs),
-                     "c": cfg["max_norm"], "final momentum": cfg["momentum"],
-                     "units at the cap (%)": sum(100 * r.history.at_cap[-1] for r in runs) / len(runs),
-                     "dead units (%)": sum(r.measurements["dead_pct"] for r in runs) / len(runs),
-                     "largest ε/(1 − m)": step, "reached at step": at,
-                     "diverged": "yes" if any(r.history.diverged for r in runs) else "no",
-                     "Table 9 (%)": TABLE9_TEST_ERROR["dropout + max-norm"]})
+        rows.append({"method": name, "test (%)": sum(_pct(r.test_error) for r in runs) / len(runs),
+                     "val. (%)": sum(_pct(r.val_error) for r in runs) / len(runs),
+                     "c": cfg["max_norm"], "final m": cfg["momentum"],
+                     "at cap (%)": sum(100 * r.history.at_cap[-1] for r in runs) / len(runs),
+                     "dead (%)": sum(r.measurements["dead_pct"] for r in runs) / len(runs),
+                     "max ε/(1 − m)": step, "at step": at,
+                     "diverged": "yes" if any(r.history.diverged for r in runs) else "no"})
     return pd.DataFrame(rows).set_index("method")
 
 
@@ -552,12 +550,12 @@ def recipe_text(study: Study) -> str:
     ours, authors = rows.iloc[0], rows.iloc[1]
     _, largest = lr_facts(study)
     ours_top = largest["dropout + max-norm"] / (1 - study.chosen_method("dropout + max-norm").train.momentum)
-    noise = 2 * math.sqrt(2) * _binomial_se(ours["test error (%)"], len(study.data.test))
-    gap = authors["test error (%)"] - ours["test error (%)"]
-    survived = authors["diverged"] == "no" and authors["dead units (%)"] < 5
+    noise = 2 * math.sqrt(2) * _binomial_se(ours["test (%)"], len(study.data.test))
+    gap = authors["test (%)"] - ours["test (%)"]
+    survived = authors["diverged"] == "no" and authors["dead (%)"] < 5
     claim = ("so the paper's claim holds in its own recipe: max-norm lets dropout train at effective steps "
-             f"{authors['largest ε/(1 − m)'] / ours_top:.1f} times the largest this project's recipe trained at"
-             if survived and authors["largest ε/(1 − m)"] > ours_top else
+             f"{authors['max ε/(1 − m)'] / ours_top:.1f} times the largest this project's recipe trained at"
+             if survived and authors["max ε/(1 − m)"] > ours_top else
              "so even in its own recipe max-norm did not keep the network whole at that step" if not survived else
              "so the authors' recipe takes no larger step than this project's: it does not test the claim")
     compare = (f"{abs(gap):.2f} points {'worse' if gap > 0 else 'better'} than this project's recipe, "
@@ -566,9 +564,9 @@ def recipe_text(study: Study) -> str:
     scale_note = ("" if scaled == 1 else f" At this profile's budget the recipe's time constants are scaled by "
                   f"{scaled:g} (its learning rate's half-life and momentum ramp end at the same fraction of "
                   f"training as in the authors' million steps), so this is the recipe's shape, not its dynamics.")
-    return (f"The authors' recipe reaches an effective step ε/(1 − m) of {authors['largest ε/(1 − m)']:.2f} (at step "
-            f"{authors['reached at step']:,}) and ends with {authors['dead units (%)']:.1f} % dead units, "
-            f"{authors['units at the cap (%)']:.0f} % of hidden units at the cap and {authors['test error (%)']:.2f} % "
-            f"test error: {compare}. In the learning-rate study, this project's dropout + max-norm trained up to "
+    return (f"The authors' recipe reaches an effective step ε/(1 − m) of {authors['max ε/(1 − m)']:.2f} (at step "
+            f"{authors['at step']:,}) and ends with {authors['dead (%)']:.1f} % dead units, "
+            f"{authors['at cap (%)']:.0f} % of hidden units at the cap and {authors['test (%)']:.2f} % "
+            f"test error (Table 9: {TABLE9_TEST_ERROR['dropout + max-norm']:.2f} %): {compare}. In the learning-rate study, this project's dropout + max-norm trained up to "
             f"learning rate {largest['dropout + max-norm']:g}, an effective step of {ours_top:.2f}; {claim}."
             f"{scale_note}")

@@ -36,10 +36,12 @@ from .profiles import (authors_recipe_methods, final_methods, inherit_l2, mnist_
                        mnist_search_grids, mnist_splits)
 
 __all__ = ["Study", "Stage", "Batch", "Estimate", "SearchOutcome", "shard_jobs", "busy_note", "duration",
-           "GRID_EXTENSIONS"]
+           "GRID_EXTENSIONS", "FINAL_EXTENSIONS"]
 
-#: How many times a search grid is extended outward, one step at a time, while its choice is at an edge.
+#: How many times a search grid is extended outward, one step at a time, while its choice is at an edge:
+#: on the search data, and at the final budget (where each step costs full runs).
 GRID_EXTENSIONS = 2
+FINAL_EXTENSIONS = 1
 #: The learning rates of the input-scaling diagnosis: the first two of the grid at or above this.
 DIAGNOSIS_LR_FROM = 0.1
 #: The warm-up probe: L2 at this learning rate for this many epochs, these seeds.
@@ -350,7 +352,8 @@ class Study:
         methods = self.constant_methods(lr_chosen)
         grid2 = {**stage2, **tied}
         c_stages, c_outcome = ([self.constant_stage(methods, grid2)], None) if lr_outcome is None else \
-            self._search_rounds(methods, grid2, lambda g, r: self.constant_stage(methods, g, r), dry=True)
+            self._search_rounds(methods, grid2, lambda g, r: self.constant_stage(methods, g, r), dry=True,
+                                extensions=FINAL_EXTENSIONS)
         stages += c_stages
         chosen = c_outcome.chosen if c_outcome else methods
         stages.append(self.momentum_stage(self._method(chosen, "dropout + max-norm")))
@@ -403,8 +406,8 @@ class Study:
         largest = max(timed, key=lambda shape: math.prod(shape[0]), default=None)
         per_step = 1e3 * timed[largest] if largest else 0.0
         stage1, stage2 = mnist_search_grids(self.sizes)
-        extensions = GRID_EXTENSIONS * (sum(_runs_per_value(g) for g in stage1.values()) * len(self.small.seeds)
-                                        + sum(_runs_per_value(g) for g in stage2.values()) * len(self.sizes.seeds))
+        extensions = (GRID_EXTENSIONS * sum(_runs_per_value(g) for g in stage1.values()) * len(self.small.seeds)
+                      + FINAL_EXTENSIONS * sum(_runs_per_value(g) for g in stage2.values()) * len(self.sizes.seeds))
         return Estimate(runs, cached, steps_total, planned, seconds, per_step, self.device_name,
                         max((shape[3] for shape in timed), default=1), extensions, busy_note())
 
@@ -426,19 +429,20 @@ class Study:
         _, stage2 = mnist_search_grids(self.sizes)
         methods = self.constant_methods(self.lr_search.chosen)
         grid = {**stage2, **self.lr_search.tied}
-        return self._search(methods, grid, lambda g, r: self.constant_stage(methods, g, r), "final budget")
+        return self._search(methods, grid, lambda g, r: self.constant_stage(methods, g, r), "final budget",
+                            FINAL_EXTENSIONS)
 
-    def _search(self, methods, grid: dict, stage_of, where: str) -> "SearchOutcome":
-        _, outcome = self._search_rounds(methods, grid, stage_of, dry=False)
+    def _search(self, methods, grid: dict, stage_of, where: str, extensions: int = GRID_EXTENSIONS):
+        _, outcome = self._search_rounds(methods, grid, stage_of, dry=False, extensions=extensions)
         outcome.where = where
         return outcome
 
-    def _search_rounds(self, methods, grid: dict, stage_of, dry: bool):
-        """The search's stages - its grid, then the grid extended while a choice is at an edge -
-        and its outcome. ``dry``: train nothing; stop at the first round not in the cache (its
-        outcome is then None)."""
+    def _search_rounds(self, methods, grid: dict, stage_of, dry: bool, extensions: int = GRID_EXTENSIONS):
+        """The search's stages - its grid, then the grid extended while a choice is at an edge (at
+        most ``extensions`` times) - and its outcome. ``dry``: train nothing; stop at the first round
+        not in the cache (its outcome is then None)."""
         base, stages = grid, []
-        for round_ in range(GRID_EXTENSIONS + 1):
+        for round_ in range(extensions + 1):
             stage = stage_of(grid, round_)
             stages.append(stage)
             if dry and not all(self._cached(stage.batches[b], m, s) for b, m, s in stage.jobs()):
@@ -446,7 +450,7 @@ class Study:
             results, = self.complete(stage) if not dry else [self._sweep(b) for b in stage.batches]
             chosen, table = search_choices(methods, grid, results)
             edges = choices_at_edge(table, grid)
-            wider = _extend(grid, base, edges) if round_ < GRID_EXTENSIONS else None
+            wider = _extend(grid, base, edges, extensions) if round_ < extensions else None
             if wider is None:
                 break
             grid = wider
@@ -499,15 +503,15 @@ def _runs_per_value(spec) -> int:
     return max(math.prod(len(v) for g, v in fields.items() if g != f) for f in fields)
 
 
-def _extend(grid: dict, base: dict, edges) -> dict | None:
+def _extend(grid: dict, base: dict, edges, extensions: int = GRID_EXTENSIONS) -> dict | None:
     """``grid`` with one more value beyond each chosen edge (the ratio of the two outermost values),
-    at most :data:`GRID_EXTENSIONS` steps beyond ``base``; None when nothing is extended."""
+    at most ``extensions`` steps beyond ``base``; None when nothing is extended."""
     wider = {name: grid_fields(spec) for name, spec in grid.items()}
     changed = False
     for name, field, value, side in edges:
         values = sorted(wider[name][field])
         original = sorted(grid_fields(base[name])[field])
-        if len(values) - len(original) >= GRID_EXTENSIONS:
+        if len(values) - len(original) >= extensions:
             continue
         step = values[1] / values[0] if side == "smallest" else values[-1] / values[-2]
         new = values[0] / step if side == "smallest" else values[-1] * step
@@ -533,9 +537,10 @@ class SearchOutcome:
 
     @property
     def tied(self) -> dict:
-        """``{method: (field, values)}`` for each method whose own constant gave the same validation
-        error for every value at the chosen learning rate (the constant never acted: the tie rule,
-        not validation, would pick it)."""
+        """``{method: (field, values)}`` for each method whose lowest validation error at the chosen
+        learning rate is shared by several values of its own constant (where a constant does not
+        act, as a max-norm radius that never binds, they all tie): the tie rule, not validation,
+        would pick among those values."""
         out = {}
         for name, spec in self.grid.items():
             fields = grid_fields(spec)
@@ -547,8 +552,9 @@ class SearchOutcome:
             if "lr" in fields:
                 mine = mine[mine["lr"] == chosen.train.lr]
             means = mine.groupby(own)["val_error_pct"].mean()
-            if len(means) > 1 and means.max() == means.min():
-                out[name] = (own, tuple(fields[own]))
+            best = tuple(float(v) for v in means.index[means == means.min()])
+            if len(best) > 1:
+                out[name] = (own, best)
         return out
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from hwutils import bundle, experiments, findings
 from hwutils.profiles import mnist_search_grids, mnist_methods
-from hwutils.study import GRID_EXTENSIONS, Study, _runs_per_value, shard_jobs
+from hwutils.study import FINAL_EXTENSIONS, GRID_EXTENSIONS, Study, _runs_per_value, shard_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
 #: What the GPU machines lack: the runner must not import any of it.
@@ -74,8 +74,8 @@ def test_the_paper_profiles_bundle_fits_in_16_MB_without_weights(tmp_path):
     stage1, stage2 = mnist_search_grids(study.sizes)
     stages = _stages(study)
     runs = [(stage.batches[b], m, s) for stage in stages for b, m, s in stage.jobs()]
-    extra = GRID_EXTENSIONS * (sum(_runs_per_value(g) for g in stage1.values()) * len(study.small.seeds)
-                               + sum(_runs_per_value(g) for g in stage2.values()) * len(study.sizes.seeds))
+    extra = (GRID_EXTENSIONS * sum(_runs_per_value(g) for g in stage1.values()) * len(study.small.seeds)
+             + FINAL_EXTENSIONS * sum(_runs_per_value(g) for g in stage2.values()) * len(study.sizes.seeds))
     measurements = end_of_training(MLP(784, study.sizes.hidden, 10), torch.rand(256, 784))
     rng = np.random.default_rng(0)
     records = []
