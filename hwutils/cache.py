@@ -66,8 +66,11 @@ class StaleRecordError(RecordError):
 
 
 def run_stem(results_dir, method_name: str, key: str) -> Path:
-    """Path of a run's files without suffix: ``<results_dir>/<method>-<key>``."""
-    return Path(results_dir) / f"{method_name.replace(' ', '_').replace('+', 'p')}-{key}"
+    """Path of a run's files without suffix: ``<results_dir>/<method>-<key>``. A dot in the name
+    becomes "_": the files are ``stem.with_suffix(".json")``, which would cut a name at its dot
+    ("paper's B.1") and so drop the key, and every seed's run would land in one file."""
+    name = method_name.replace(' ', '_').replace('+', 'p').replace('.', '_')
+    return Path(results_dir) / f"{name}-{key}"
 
 
 def _stem_key(stem: Path) -> str:

@@ -290,3 +290,13 @@ def test_an_unwritable_results_folder_is_named_with_the_reason(tmp_path, monkeyp
     monkeypatch.setattr(cache.tempfile, "mkstemp", denied)  # what a read-only folder does (tests may run as root)
     with pytest.raises(CacheError, match=f"results_dir {tmp_path} is not writable: Permission denied"):
         check_writable(tmp_path)
+
+
+def test_runs_of_a_method_whose_name_has_a_dot_each_keep_their_own_files(tmp_path):
+    name = "dropout + max-norm (paper's B.1)"   # a dot: Path.with_suffix would cut the key off the file name
+    keys = ["0123456789abcdef", "fedcba9876543210"]
+    for key in keys:
+        save_run(run_stem(tmp_path, name, key), a_record(name, key), None)
+    for key in keys:
+        assert load_run(run_stem(tmp_path, name, key))[0]["key"] == key
+    assert len(list(tmp_path.glob("*.json"))) == 2
