@@ -208,7 +208,7 @@ MEMBER_COLUMNS = ("one train_step; of_ceiling per run against the same stacked p
                   "measured / floor; vs_K1 = speed-up per run")
 
 
-def members_only(device, where, rounds, paper_ceiling, bandwidth, began) -> int:
+def members_only(device, where, rounds, paper_ceiling, bandwidth, began, out=OUT) -> int:
     """``--members-only``: the paper-shape rows, their floors and verdict, written to ``bench_members.csv``
     and ``bench_training.json`` (meta, members, summary)."""
     import pandas as pd
@@ -225,16 +225,16 @@ def members_only(device, where, rounds, paper_ceiling, bandwidth, began) -> int:
     print("\nSummary")
     for key, value in verdict.items():
         print(f"  {key}: {value:.3f}")
-    OUT.mkdir(parents=True, exist_ok=True)
-    members.to_csv(OUT / "bench_members.csv")
+    out.mkdir(parents=True, exist_ok=True)
+    members.to_csv(out / "bench_members.csv")
     meta = {"device": str(device), "device_name": where, "threads": torch.get_num_threads(),
             "torch": torch.__version__, "paper_widths": paper_widths, "paper_batch": PAPER_BATCH,
             "paper_ceiling_gflops": paper_ceiling / 1e9, "copy_bandwidth_gbps": bandwidth / 1e9,
             "paper_step_bytes": step_bytes(paper_widths), "rounds": rounds, "members_only": True,
             "seconds": time.perf_counter() - began}
-    (OUT / "bench_training.json").write_text(json.dumps(
+    (out / "bench_training.json").write_text(json.dumps(
         {"meta": meta, "members": members.reset_index().to_dict("records"), "summary": verdict}, indent=2))
-    print(f"\nwritten: {OUT / 'bench_members.csv'}, {OUT / 'bench_training.json'} ({time.perf_counter() - began:.0f} s)")
+    print(f"\nwritten: {out / 'bench_members.csv'}, {out / 'bench_training.json'} ({time.perf_counter() - began:.0f} s)")
     return 0
 
 
@@ -373,6 +373,7 @@ def main(argv=None):
                         help="repetitions of the shared-machine row")
     parser.add_argument("--busy-seconds", type=float, default=300,
                         help="the longest the shared-machine row's busy neighbour lives")
+    parser.add_argument("--results-dir", type=Path, default=OUT, help=f"where the results go (default {OUT})")
     parser.add_argument("--members-only", action="store_true",
                         help="only the paper-shape rows (K runs stacked) and their floors: what a GPU window has "
                              "time for (needs no MNIST)")
@@ -398,7 +399,7 @@ def main(argv=None):
           f"floor {step_bytes(paper_widths) / 1e6:.1f} MB per run-step at the paper shape "
           f"(hwutils.roofline.step_bytes)", flush=True)
     if args.members_only:
-        return members_only(device, where, args.rounds, paper_ceiling, bandwidth, began)
+        return members_only(device, where, args.rounds, paper_ceiling, bandwidth, began, args.results_dir)
     quick_floor = step_bytes(widths) / bandwidth
     data = load_mnist(device=device)
     train, val = data.train, Split(data.val.X[:512], data.val.y[:512])  # tiny val: time the training steps
@@ -524,23 +525,24 @@ def main(argv=None):
         print(f"  default fit beside a busy process within 2x of alone: "
               f"{'met' if slowdown <= 2 else 'NOT met'} ({slowdown:.2f}x, the worse session); alone no "
               f"slower than all cores: {'met' if alone <= 1.05 else 'NOT met'} ({alone:.2f}, 5 % for noise)")
-    OUT.mkdir(parents=True, exist_ok=True)
-    table.to_csv(OUT / "bench_training.csv")
-    over.to_csv(OUT / "bench_overhead.csv")
-    members.to_csv(OUT / "bench_members.csv")
+    out = args.results_dir
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "bench_training.csv")
+    over.to_csv(out / "bench_overhead.csv")
+    members.to_csv(out / "bench_members.csv")
     if shared:
-        busy.to_csv(OUT / "bench_shared.csv")
+        busy.to_csv(out / "bench_shared.csv")
     meta = {"device": str(device), "device_name": where, "threads": torch.get_num_threads(),
             "torch": torch.__version__, "widths": widths, "batch": batch, "gflop_per_step": flops / 1e9,
             "ceiling_gflops": ceiling / 1e9, "paper_widths": paper_widths, "paper_batch": PAPER_BATCH,
             "paper_ceiling_gflops": paper_ceiling / 1e9, "copy_bandwidth_gbps": bandwidth / 1e9,
             "rounds": args.rounds, "train_images": args.train_images, "seconds": time.perf_counter() - began}
-    (OUT / "bench_training.json").write_text(json.dumps(
+    (out / "bench_training.json").write_text(json.dumps(
         {"meta": meta, "throughput": table.reset_index().to_dict("records"),
          "overhead": over.reset_index().to_dict("records"), "members": members.reset_index().to_dict("records"),
          "shared": shared, "summary": verdict}, indent=2))
-    print(f"\nwritten: {OUT / 'bench_training.csv'}, {OUT / 'bench_overhead.csv'}, {OUT / 'bench_members.csv'}, "
-          f"{OUT / 'bench_training.json'} ({time.perf_counter() - began:.0f} s)")
+    print(f"\nwritten: {out / 'bench_training.csv'}, {out / 'bench_overhead.csv'}, {out / 'bench_members.csv'}, "
+          f"{out / 'bench_training.json'} ({time.perf_counter() - began:.0f} s)")
     return 0
 
 

@@ -634,6 +634,7 @@ def _train(args) -> int:
 
     from .bundle import provenance
     from .cache import check_writable
+    from .fused import chosen_update
 
     kwargs = _study_kwargs(args)
     shard = _shard(args.shard)
@@ -652,7 +653,8 @@ def _train(args) -> int:
     log = provenance(profile=profile, params={k: v for k, v in kwargs.items() if k != "results_dir"},
                      wall_seconds=round(wall, 1), estimated_seconds=round(estimate.seconds, 1),
                      stages={name: round(seconds, 1) for name, seconds in study.stage_log},
-                     runs=estimate.runs, runs_cached_at_start=estimate.runs_cached, shard=args.shard)
+                     runs=estimate.runs, runs_cached_at_start=estimate.runs_cached, shard=args.shard,
+                     update=chosen_update())  # the SGD update's path: the same weights, another speed
     with open(Path(study.results_dir) / RUN_LOG, "a", encoding="utf-8") as out:
         out.write(json.dumps(log) + "\n")
     return 0

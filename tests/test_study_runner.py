@@ -200,3 +200,51 @@ def test_the_notebook_after_the_runner_trains_no_mnist_run(smoke_results, tmp_pa
                                kernel_name="hw3", cwd=str(ROOT / "notebooks"), progress_bar=False)
     after = {p.name: p.stat().st_mtime_ns for p in copy.glob("*.json")}
     assert after == before, "runs trained or rewritten: " + ", ".join(sorted(set(after.items()) ^ set(before.items())))
+
+
+def test_a_study_stopped_before_its_final_runs_travels_as_a_partial_bundle_and_finishes_elsewhere(
+        smoke_results, tmp_path, capsys):
+    # A GPU window ended after the constants were searched: its results go elsewhere without
+    # weights, and the final runs, which read test errors off the constants' runs, train there.
+    import math
+
+    from hwutils.cache import run_stem
+    from hwutils.experiments import run_key
+    from hwutils.study import main
+
+    results, _ = smoke_results
+    copy = tmp_path / "stopped"
+    shutil.copytree(results, copy)
+    study = Study("smoke", results_dir=copy, progress=False)
+    *earlier, final = study.plan()
+    key = lambda m, s: run_key(m, study.data.spec, s)  # noqa: E731  (the final runs' key)
+    before = {run_key(m, study._data(stage.batches[b].data).spec, s) for stage in earlier for b, m, s in stage.jobs()}
+    dropped = [(m, s) for _, m, s in final.jobs() if key(m, s) not in before]
+    for m, s in dropped:
+        stem = run_stem(copy, m.name, key(m, s))
+        for path in stem.parent.glob(stem.name + ".*"):
+            path.unlink()
+    reread = [(m, s) for _, m, s in final.jobs() if key(m, s) in before]  # a search's choice is a final run
+    for m, s in reread:  # as the search left them: no test error yet
+        path = run_stem(copy, m.name, key(m, s)).with_suffix(".json")
+        path.write_text(json.dumps({**json.loads(path.read_text()), "test_error": float("nan")}))
+    out = tmp_path / "partial.json.gz"
+    assert main(["export", "--profile", "smoke", "--results-dir", str(copy), "--out", str(out)]) == 1
+    assert main(["export", "--profile", "smoke", "--results-dir", str(copy), "--out", str(out), "--partial"]) == 0
+    names = {(m.name, key(m, s)) for m, s in dropped}
+    assert f"partial: {len(names)} of" in capsys.readouterr().out
+    content = json.loads(gzip.decompress(out.read_bytes()))
+    assert content["provenance"]["partial"].endswith("runs")
+    travelled = {r["key"]: r for r in content["runs"]}
+    assert reread and all(math.isfinite(travelled[key(m, s)]["test_error"]) for m, s in reread)
+    elsewhere = tmp_path / "elsewhere"
+    assert main(["import", str(out), "--results-dir", str(elsewhere)]) == 0
+    trained = []
+    real = experiments.fit_members
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(experiments, "fit_members",
+                      lambda models, *a, **k: trained.append(len(models)) or real(models, *a, **k))
+        Study("smoke", results_dir=elsewhere, progress=False).train_all()
+    assert sum(trained) == len(names)  # the final runs alone
+    whole = ["export", "--profile", "smoke", "--results-dir", str(elsewhere), "--out", str(tmp_path / "all.json.gz")]
+    assert main(whole) == 0
