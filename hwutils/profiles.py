@@ -128,17 +128,17 @@ MNIST_PROFILES = {
     # million run-steps, 17.51 million once a search's chosen runs are counted once as final runs
     # (the estimate's count), 15.3 of them in the final stage (15 runs of a million steps: the control,
     # the two dropout methods and the two recipe variants, 3 seeds each); grid extensions may add up
-    # to 52 runs and 1.8 million. At the H100 figure (`make bench`, FP32 products, 18 runs stacked:
+    # to 46 runs and 1.5 million. At the H100 figure (`make bench`, FP32 products, 18 runs stacked:
     # 0.166 ms per step per run) that is 48 min (53 with every extension); at issue 19's target
-    # (0.045 ms, 1.5x an H200's memory floor) 13.1 min (14.5): over the 8 minutes of one H200 window
+    # (0.045 ms, 1.5x an H200's memory floor) 13.1 min (14.3): over the 8 minutes of one H200 window
     # even at the target. What fits, at 0.045 ms: dropout_epochs=1000 (half a million updates for the
     # dropout methods, the control and the recipe, whose time constants follow) 10.0 million, 7.5 min
-    # (8.9 with every extension); that and paper_b1=False (no B.1 variant: -3.0 million) 8.5 million,
-    # 6.4 min (7.7). paper_b1=False alone is 14.5 million (10.9 min); the search's dropout runs at 50
+    # (8.6 with every extension); that and paper_b1=False (no B.1 variant: -3.0 million) 8.5 million,
+    # 6.4 min (7.5). paper_b1=False alone is 14.5 million (10.9 min); the search's dropout runs at 50
     # epochs save only 0.6 million. The cost of half the updates is not measured (on the quick profile
     # 50 instead of 80 epochs cost the dropout methods 0.05-0.12 points). The cache keeps whole runs,
-    # and the 2,000-epoch final runs of one kind are one stacked group (9 runs x 1 million steps: 6.8
-    # min at 0.045 ms, 25 min at 0.166), which must fit in one 10-minute GPU command.
+    # and the control and the two dropout methods train as one stacked group (9 runs x 1 million
+    # steps: 6.8 min at 0.045 ms, 25 min at 0.166), which must fit in one 10-minute GPU command.
     "paper": MnistProfile(hidden=(1024, 1024, 2048), epochs=100, dropout_epochs=2000, batch_size=100,
                           seeds=(0, 1, 2), search_epochs=20, search_dropout_epochs=100),
 }
