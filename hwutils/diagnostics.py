@@ -134,8 +134,10 @@ def failure_signs(model: nn.Module, X: torch.Tensor, activity: dict | None = Non
 
 
 def _pack(values: torch.Tensor) -> str:
-    """A vector as base64 of little-endian float16: about 3 significant digits, 2 bytes a value."""
-    return base64.b64encode(values.detach().float().cpu().numpy().astype("<f2").tobytes()).decode("ascii")
+    """A vector as base64 of little-endian float16: about 3 significant digits, 2 bytes a value
+    (magnitudes beyond float16's 65504, as in a diverged run, are stored as ±65504)."""
+    x = np.clip(values.detach().float().cpu().numpy(), -65504, 65504)
+    return base64.b64encode(x.astype("<f2").tobytes()).decode("ascii")
 
 
 def unit_values(measurements: dict, name: str) -> np.ndarray:

@@ -316,10 +316,14 @@ def training_text(study: Study) -> str:
     minutes = sum(r.wall_seconds for r in results) / 60
     epochs = sum(r.history.epochs_run for r in results)
     wall = (time.perf_counter() - study.started) / 60
+    estimate = study.last_estimate
+    said = ("" if estimate is None or not estimate.run_steps else
+            f" The estimate before training said about {estimate.minutes:.0f} minutes"
+            + (" (measured on a busy machine)." if estimate.busy else "."))
     return (f"{len(results)} final runs, {epochs:,} epochs: **{minutes:.1f} minutes** of training on "
             f"{study.device_name} ({60 * minutes / epochs:.2f} s per epoch of {len(study.data.train):,} images, "
             f"validation included). The whole study took {wall:.1f} minutes of wall time in this run (runs found "
-            f"in the cache only count their loading).")
+            f"in the cache only count their loading).{said}")
 
 
 def results_table(study: Study):

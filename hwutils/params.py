@@ -231,6 +231,8 @@ SPEC: dict[str, dict[str, Param]] = {
         "hidden": int_list(1, "hidden layer widths", "[800, 800]", none=_FROM_PROFILE),
         "lr_grid": real_list(0, "learning rates searched with each method's constant (the learning-rate study)",
                              "[0.01, 0.1, 1.0]", exclusive=True, none=_FROM_PROFILE),
+        "precision": choice((None, "fp32", "tf32", "bf16"),
+                            "precision of the matrix products (None: TF32 on CUDA, FP32 on the CPU)"),
         "results_dir": _RESULTS_DIR,
         "force": _FORCE,
     },

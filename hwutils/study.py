@@ -177,6 +177,7 @@ class Study:
         self.results_dir, self.force, self.progress = results_dir, force, progress
         self.shard, self.wait_seconds = tuple(shard), wait_seconds
         self.stage_log: list[tuple[str, float]] = []  # (stage, seconds) as each completes
+        self.last_estimate: Estimate | None = None     # what estimate() said, to set beside the time it took
         self.started = time.perf_counter()
         where = device or default_device()
         self.precision = neutral(precision, where)  # None at the device's default: the runs' keys as before
@@ -306,12 +307,18 @@ class Study:
 
     def final_stage(self, chosen) -> Stage:
         """The six methods at the final budget with their chosen constants, the control, and the
-        authors' recipe as configured (no search: it depends on no choice)."""
-        return Stage("final runs", (
-            Batch("final runs", tuple(final_methods(self.sizes, chosen)), self.sizes.seeds, "final",
-                  evaluate_test=True),
-            Batch("authors' recipe", tuple(self.recipe_methods), self.sizes.seeds, "final", on_nan="stop",
-                  evaluate_test=True)))
+        authors' recipe as configured (no search: it depends on no choice). The control and the
+        recipe run the profile's own seeds for them where it sets fewer (``control_seeds``,
+        ``recipe_seeds``)."""
+        methods = tuple(final_methods(self.sizes, chosen))
+        seeds, control = self.sizes.seeds, self.sizes.control_seeds or self.sizes.seeds
+        final = [Batch("final runs", methods, seeds, "final", evaluate_test=True)]
+        if tuple(control) != tuple(seeds):
+            final = [Batch("final runs", methods[:-1], seeds, "final", evaluate_test=True),
+                     Batch("control", methods[-1:], tuple(control), "final", evaluate_test=True)]
+        recipe = Batch("authors' recipe", tuple(self.recipe_methods), tuple(self.sizes.recipe_seeds or seeds),
+                       "final", on_nan="stop", evaluate_test=True)
+        return Stage("final runs", (*final, recipe))
 
     @property
     def recipe_methods(self) -> list[Method]:
@@ -408,8 +415,9 @@ class Study:
         stage1, stage2 = mnist_search_grids(self.sizes)
         extensions = (GRID_EXTENSIONS * sum(_runs_per_value(g) for g in stage1.values()) * len(self.small.seeds)
                       + FINAL_EXTENSIONS * sum(_runs_per_value(g) for g in stage2.values()) * len(self.sizes.seeds))
-        return Estimate(runs, cached, steps_total, planned, seconds, per_step, self.device_name,
-                        max((shape[3] for shape in timed), default=1), extensions, busy_note())
+        self.last_estimate = Estimate(runs, cached, steps_total, planned, seconds, per_step, self.device_name,
+                                      max((shape[3] for shape in timed), default=1), extensions, busy_note())
+        return self.last_estimate
 
     # ------------------------------------------------------------------ the stages' results
     @functools.cached_property
@@ -476,12 +484,12 @@ class Study:
     @property
     def final(self) -> list:
         """The final runs: the six methods at the final budget and the control, every seed."""
-        return self._final_batches[0]
+        return [r for batch in self._final_batches[:-1] for r in batch]
 
     @property
     def recipe(self) -> list:
         """The authors'-recipe runs, every seed."""
-        return self._final_batches[1]
+        return self._final_batches[-1]
 
     def train_all(self) -> None:
         """Every stage in order - what the headless runner does."""
@@ -614,9 +622,9 @@ def _study_kwargs(args) -> dict:
 
     given = {"profile": args.profile, "seeds": args.seeds, "epochs": args.epochs,
              "dropout_epochs": args.dropout_epochs, "hidden": args.hidden, "lr_grid": args.lr_grid,
-             "downsample": args.downsample, "results_dir": args.results_dir}
-    checked = {name: check_value(name, value, NOTEBOOK) if value is not None else None for name, value in given.items()}
-    return {**checked, "precision": args.precision}  # argparse checked it (a runner option, not yet the notebook's)
+             "downsample": args.downsample, "precision": getattr(args, "precision", None),
+             "results_dir": args.results_dir}
+    return {name: check_value(name, value, NOTEBOOK) if value is not None else None for name, value in given.items()}
 
 
 def _shard(text: str) -> tuple[int, int]:

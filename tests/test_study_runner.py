@@ -248,3 +248,20 @@ def test_a_study_stopped_before_its_final_runs_travels_as_a_partial_bundle_and_f
     assert sum(trained) == len(names)  # the final runs alone
     whole = ["export", "--profile", "smoke", "--results-dir", str(elsewhere), "--out", str(tmp_path / "all.json.gz")]
     assert main(whole) == 0
+
+
+def test_the_discussion_names_every_table9_row_as_agreeing_or_not_from_the_runs(smoke_results, monkeypatch):
+    from hwutils.profiles import TABLE9_TEST_ERROR
+
+    results, _ = smoke_results
+    monkeypatch.setattr(experiments, "fit_members", _no_training)
+    study = Study("smoke", results_dir=results, progress=False)
+    rows, text = findings.table9_rows(study), findings.table9_text(study)
+    assert list(rows.index) == list(TABLE9_TEST_ERROR)
+    for name, row in rows.iterrows():
+        assert name in text
+        side = "agree with Table 9" if row["agrees"] else ("below Table 9" if row["difference"] < 0 else "above it")
+        assert side in text
+        assert row["agrees"] == (abs(row["this run (%)"] - TABLE9_TEST_ERROR[name]) <= row["2 s.e."])
+    questions = findings.questions_text(study)
+    assert all(q in questions for q in ("doing something?", "tuned as well as the others?", "exceed the noise?"))
