@@ -15,7 +15,7 @@ import re
 
 import numpy as np
 
-__all__ = ["start_part", "caption", "show_table", "show_settings", "format_percent", "plural",
+__all__ = ["start_part", "caption", "show_table", "show_settings", "format_percent", "listed", "plural",
            "CAPTION", "CITATION"]
 
 
@@ -79,6 +79,11 @@ def format_percent(value: float, digits: int = 1) -> str:
         digits += 1
         text = f"{value:.{digits}f}"
     return text
+
+
+def listed(values) -> str:
+    """Every value of a grid, in order: "1e-05, 0.0001" (a range would hide how many there are)."""
+    return ", ".join(f"{v:g}" for v in sorted(values))
 
 
 def plural(n: int, word: str, many: str | None = None) -> str:

@@ -13,6 +13,7 @@ import time
 
 from .experiments import compare_to_noise, format_summary, grid_fields, methods_frame, ranking_text, run_facts, summarize
 from .diagnostics import regularizer_activity
+from .display import listed
 from .precision import describe
 from .profiles import CONSTANT_LABELS, LONG_L2, LR_STUDY, TABLE9_TEST_ERROR
 from .study import PROBE_MOMENTUM, WARMUP_PROBE, Study
@@ -32,9 +33,6 @@ def _pct(x: float) -> float:
     return 100 * x
 
 
-def _grid_text(values) -> str:
-    """Every value of a grid, in order: "1e-05, 0.0001" (a range would hide that there are two)."""
-    return ", ".join(f"{v:g}" for v in sorted(values))
 
 
 def _step(lr: float, momentum: float) -> float:
@@ -55,7 +53,7 @@ def settings(study: Study) -> dict:
                       f"seed{'s' if len(sizes.seeds) > 1 else ''} {seeds}",
         "learning-rate search": f"{len(search.train):,} training / {len(search.val):,} validation images; "
                                 f"{small.epochs} epochs ({small.dropout_epochs} with dropout)",
-        "learning rates searched": _grid_text(sizes.lr_grid),
+        "learning rates searched": listed(sizes.lr_grid),
         "authors' recipe": _recipe_setting(study),
         "minibatch": str(sizes.batch_size),
         "device": study.device_name + products,
@@ -165,7 +163,7 @@ def choices_table(study: Study):
             rows.append({"method": name, "learning rate": f"{method.train.lr:g}",
                          "constant": f"{CONSTANT_LABELS[own]} = {getattr(method.train, own):g}",
                          "validation error (%)": mine["val_error_pct"].mean(), "searched on": outcome.where,
-                         "grid": "; ".join(f"{CONSTANT_LABELS[f]}: {_grid_text(v)}"
+                         "grid": "; ".join(f"{CONSTANT_LABELS[f]}: {listed(v)}"
                                            for f, v in grid_fields(spec).items())})
     frame = pd.DataFrame(rows)
     # a constant searched twice (tied on the search data, then at the final budget): the last search decides
@@ -177,7 +175,7 @@ def search_text(study: Study) -> str:
     constants that tied on the search data and were searched again at the final budget."""
     lr, const = _searches(study)
     edges = [(n, f, v, side) for outcome in (lr, const) for n, f, v, side in outcome.edges]
-    extended = [f"{n}: {CONSTANT_LABELS[f]} (searched {_grid_text(v)})"
+    extended = [f"{n}: {CONSTANT_LABELS[f]} (searched {listed(v)})"
                 for outcome in (lr, const) for n, spec in outcome.grid.items()
                 for f, v in grid_fields(spec).items()
                 if n in outcome.base and len(v) > len(grid_fields(outcome.base[n])[f])]
@@ -192,12 +190,12 @@ def search_text(study: Study) -> str:
         parts.append("**Ties on the search data**: at the chosen learning rate several values of the constant "
                      "shared the lowest validation error, so validation could not choose among them there; they "
                      "were searched again at the final budget, where a constant acts longer: "
-                     + "; ".join(f"{n} ({CONSTANT_LABELS[f]} ∈ {{{_grid_text(v)}}})" for n, (f, v) in tied.items())
+                     + "; ".join(f"{n} ({CONSTANT_LABELS[f]} ∈ {{{listed(v)}}})" for n, (f, v) in tied.items())
                      + ". A max-norm radius ties when it never binds in the search's few steps.")
     if still:
         parts.append("**Still tied at the final budget**, so the tie rule kept the smallest value and the "
                      "constant made no difference in this run: "
-                     + "; ".join(f"{n} ({CONSTANT_LABELS[f]} ∈ {{{_grid_text(v)}}})" for n, (f, v) in still.items())
+                     + "; ".join(f"{n} ({CONSTANT_LABELS[f]} ∈ {{{listed(v)}}})" for n, (f, v) in still.items())
                      + ".")
     return "\n\n".join(parts)
 

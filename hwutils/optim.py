@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 __all__ = [
+    "LogisticLoss",
     "bias_correction",
     "unrolled_second_moment",
     "recursive_second_moment",
@@ -213,6 +214,17 @@ def _adam_step(model, optimizer, loss_fn) -> None:
     optimizer.zero_grad()
     loss_fn(model).backward()
     optimizer.step()
+
+
+class LogisticLoss:
+    """The mean logistic loss of a one-output model on ``(X, y)``, as a function of the model: the
+    ``loss_fn`` of :func:`trajectory_deviation` for a logistic regression."""
+
+    def __init__(self, X: torch.Tensor, y: torch.Tensor):
+        self.X, self.y = X, y
+
+    def __call__(self, model: torch.nn.Module) -> torch.Tensor:
+        return torch.nn.functional.binary_cross_entropy_with_logits(model(self.X).squeeze(1), self.y)
 
 
 def trajectory_deviation(model: torch.nn.Module, loss_fn, steps: int, **adam_kwargs) -> np.ndarray:

@@ -20,7 +20,7 @@ __all__ = [
     "mnist_methods", "inherit_l2", "final_methods", "LONG_L2",
     "AUTHORS_RECIPE", "PAPER_B1", "AUTHORS_STEPS", "recipe_steps", "recipe_time_scale", "authors_recipe_methods",
     "mnist_splits", "TABLE9_TEST_ERROR",
-    "PointCloudProfile", "POINT_CLOUD_PROFILES", "point_cloud_profile", "point_cloud_methods",
+    "PointCloudProfile", "POINT_CLOUD_PROFILES", "point_cloud_profile", "point_cloud_methods", "point_cloud_settings",
 ]
 
 #: Test error (%) of Table 9 in Srivastava et al., "Dropout", JMLR 15 (2014).
@@ -330,6 +330,29 @@ def point_cloud_profile(name: str, **overrides) -> PointCloudProfile:
     profile = POINT_CLOUD_PROFILES[check_profile(name)]
     changes = {k: (tuple(v) if isinstance(v, list) else v) for k, v in overrides.items() if v is not None}
     return dataclasses.replace(profile, **changes)
+
+
+def point_cloud_settings(data: Splits, methods, sizes: PointCloudProfile) -> dict:
+    """Part 2's set-up table: the data (its spec), the shared network and optimizer, early
+    stopping, the λ grids and the seeds."""
+    from .display import listed
+
+    shared = methods[0]
+    stopper = next(m for m in methods if m.train.patience)
+    network = "-".join(map(str, (data.n_features, *shared.model.hidden, data.n_classes)))
+    return {
+        "data": f"{data.spec['kind']}, Gaussian noise of standard deviation {data.spec['noise']:g}; one split "
+                f"for all runs",
+        "points: training / validation / test": f"{len(data.train):,} / {len(data.val):,} / {len(data.test):,}",
+        "network": f"{network} (ReLU), the same for every method",
+        "optimizer": f"SGD, momentum {shared.train.momentum:g}, constant learning rate {shared.train.lr:g}",
+        "batch size": shared.train.batch_size,
+        "epochs": f"{shared.train.epochs:,} (early stopping: at most)",
+        "early stopping": f"patience {stopper.train.patience} epochs on the validation loss",
+        "λ₁ searched (L1)": listed(sizes.l1_grid),
+        "λ₂ searched (L2)": listed(sizes.l2_grid),
+        "seeds: λ search / comparison": f"{len(sizes.sweep_seeds)} / {len(sizes.seeds)}",
+    }
 
 
 def point_cloud_methods(hidden=(256, 256), epochs: int = 1000, l1: float = 1e-3, l2: float = 1e-3,

@@ -113,3 +113,15 @@ def test_the_paper_profile_runs_the_authors_recipe_for_its_million_steps_unscale
     config = authors_recipe_methods(MNIST_PROFILES["paper"])[0].train
     assert recipe_time_scale(MNIST_PROFILES["paper"]) == 1.0
     assert (config.lr_half_life_steps, config.momentum_ramp_steps) == (10_000, 100_000)
+
+
+def test_the_point_cloud_set_up_table_reads_the_data_and_the_methods_it_describes(moons):
+    from hwutils.profiles import POINT_CLOUD_PROFILES, point_cloud_methods, point_cloud_settings
+
+    sizes = POINT_CLOUD_PROFILES["smoke"]
+    methods = point_cloud_methods((16, 16), sizes.epochs, patience=7, lr=0.05, batch_size=10)
+    settings = point_cloud_settings(moons, methods, sizes)
+    assert settings["points: training / validation / test"] == "200 / 200 / 200"
+    assert settings["network"].startswith("2-16-16-2 ") and "moons" in settings["data"]
+    assert "patience 7" in settings["early stopping"] and "learning rate 0.05" in settings["optimizer"]
+    assert settings["λ₁ searched (L1)"] == "0.0001, 0.001"
