@@ -25,7 +25,7 @@ __all__ = [
     "l1_tradeoff_table", "l1_tradeoff_text", "final_setup_table", "training_text", "results_table",
     "activity_table", "activity_text", "late_l1_start", "late_l1_text", "discussion_text",
     "summary", "measured", "unit_norms", "late_l1_pair", "table9_rows", "table9_text", "questions_text",
-    "recipe_rows", "recipe_text",
+    "recipe_rows", "recipe_text", "trained_by",
 ]
 
 
@@ -318,10 +318,35 @@ def training_text(study: Study) -> str:
     said = ("" if estimate is None or not estimate.run_steps else
             f" The estimate before training said about {estimate.minutes:.0f} minutes"
             + (" (measured on a busy machine)." if estimate.busy else "."))
+    runner = trained_by(study)
+    if runner:
+        said += (f" The runs were trained by `python -m hwutils.study` on {runner['device']} ({runner['date'][:10]}, "
+                 f"commit {runner['commit'][:12]}): {runner['wall_seconds'] / 60:.1f} minutes of wall time, against "
+                 f"its own estimate of {runner['estimated_seconds'] / 60:.0f} minutes"
+                 + (" measured on a busy machine." if runner.get("busy") else "."))
     return (f"{len(results)} final runs, {epochs:,} epochs: **{minutes:.1f} minutes** of training on "
             f"{study.device_name} ({60 * minutes / epochs:.2f} s per epoch of {len(study.data.train):,} images, "
             f"validation included). The whole study took {wall:.1f} minutes of wall time in this run (runs found "
             f"in the cache only count their loading).{said}")
+
+
+def trained_by(study: Study) -> dict | None:
+    """The provenance of the runner call that trained this study's runs - the last one of its profile
+    that trained anything, from the results folder's runner log or an imported bundle - or None."""
+    import json
+    from pathlib import Path
+
+    from .bundle import read_provenance
+    from .study import RUN_LOG
+
+    if not study.results_dir:
+        return None
+    log = Path(study.results_dir) / RUN_LOG
+    lines = log.read_text(encoding="utf-8").splitlines() if log.exists() else []
+    calls = [json.loads(line) for line in lines if line.strip()] + read_provenance(study.results_dir, study.profile)
+    mine = [c for c in calls if c.get("profile") == study.profile and c.get("runs", 0) > c.get("runs_cached_at_start", 0)
+            and "wall_seconds" in c and "estimated_seconds" in c]
+    return mine[-1] if mine else None
 
 
 def results_table(study: Study):
@@ -357,10 +382,25 @@ def late_l1_start(study: Study) -> int:
 
 
 def late_l1_text(study: Study) -> str:
+    """Whether L2 + L1 followed L2 until L1 switched on: the largest difference of their validation
+    losses before it, and where their minibatch losses first part (two runs trained with other
+    numbers of CPU threads sum in another order, and training amplifies the rounding)."""
     first, start = study.first_seed(), late_l1_start(study)
-    same = first["L2"].history.val_loss[:start] == first["L2 + L1 (late)"].history.val_loss[:start]
-    return (f"L2 + L1 has the same history as L2 before epoch {start + 1}: **{'yes' if same else 'no'}** (same "
-            f"seed, same constants until L1 starts).")
+    l2, l1 = first["L2"].history, first["L2 + L1 (late)"].history
+    gap = max((abs(x - y) for x, y in zip(l2.val_loss[:start], l1.val_loss[:start])), default=0.0)
+    steps = min(len(l2.iter_loss), len(l1.iter_loss), start * max(l2.steps_per_epoch, 1))
+    parted = next(((i, abs(l2.iter_loss[i] - l1.iter_loss[i])) for i in range(steps)
+                   if l2.iter_loss[i] != l1.iter_loss[i]), None)
+    if parted is None:
+        same = "**yes**, to the last bit"
+    else:
+        step, size = parted
+        same = (f"{'**yes**, up to rounding' if gap < 1e-3 else '**not to the bit**'}: their minibatch losses first "
+                f"differ at update {step + 1:,}, by {size:.1e}: rounding (the two runs were trained at different times, "
+                f"each with the CPU threads free then, `hwutils.threads`, and another thread count sums in another "
+                f"order), which training carries on to at most {gap:.3f} in validation loss before L1 starts")
+    return (f"L2 + L1 has the same history as L2 before epoch {start + 1} (same seed, same constants until L1 "
+            f"starts): {same}.")
 
 
 # --------------------------------------------------------------------------- discussion

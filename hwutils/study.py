@@ -661,7 +661,8 @@ def _train(args) -> int:
     log = provenance(profile=profile, params={k: v for k, v in kwargs.items() if k != "results_dir"},
                      wall_seconds=round(wall, 1), estimated_seconds=round(estimate.seconds, 1),
                      stages={name: round(seconds, 1) for name, seconds in study.stage_log},
-                     runs=estimate.runs, runs_cached_at_start=estimate.runs_cached, shard=args.shard,
+                     runs=estimate.runs, runs_cached_at_start=estimate.runs_cached, busy=bool(estimate.busy),
+                     shard=args.shard,
                      update=chosen_update())  # the SGD update's path: the same weights, another speed
     with open(Path(study.results_dir) / RUN_LOG, "a", encoding="utf-8") as out:
         out.write(json.dumps(log) + "\n")
