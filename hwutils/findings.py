@@ -515,10 +515,10 @@ def table9_text(study: Study) -> str:
     agree = [n for n, r in rows.iterrows() if r["agrees"]]
     below = [n for n, r in rows.iterrows() if not r["agrees"] and r["difference"] < 0]
     above = [n for n, r in rows.iterrows() if not r["agrees"] and r["difference"] > 0]
-    parts = [f"agree with Table 9 within the noise: {', '.join(agree)}" if agree else "",
+    parts = [f"within the noise of Table 9 ({len(agree)} of {len(rows)}): {', '.join(agree)}" if agree else "",
              f"below Table 9 beyond the noise (points): {named(below)}" if below else "",
              f"above it beyond the noise: {named(above)}" if above else ""]
-    text = f"Of the {len(rows)} rows of @tbl-table9, " + "; ".join(p for p in parts if p) + "."
+    text = "The rows of @tbl-table9 " + "; ".join(p for p in parts if p) + "."
     if agree == list(rows.index):
         return text
     why = ("the same network as the paper" if paper_net else
