@@ -546,7 +546,10 @@ def questions_text(study: Study) -> str:
              f"its constant on the search data; {' and '.join(inherited)} inherit L2's learning rate and λ₂ and "
              f"search their own constant at the final budget (the paper's Table 9 does not say how its "
              f"constants were chosen). " + (f"Still at a grid edge after extending: {'; '.join(edges)}."
-                                            if edges else "No choice is at an edge of its grid."))
+                                            if edges else "No choice is at an edge of its grid.")
+             + (" Chosen by the tie rule (the smallest of values with the same validation error at the final "
+                "budget): " + "; ".join(f"{n} ({CONSTANT_LABELS[f]} = {min(v):g})" for n, (f, v) in const.tied.items())
+                + "." if const.tied else ""))
     noise = (f"{beyond} of {len(comparisons)} pairwise differences exceed twice their standard error; the "
              f"others are ties")
     return (f"1. **Is every regularizer doing something?** {acting}.\n"
