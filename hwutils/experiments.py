@@ -127,13 +127,14 @@ def run_sweep(methods, data: Splits, *, seeds=(0,),
     todo = []
     for i, (method, seed) in enumerate(jobs):
         stem = run_stem(results_dir, method.name, run_key(method, spec, seed)) if results_dir else None
-        cached = None
+        cached, model = None, build_model(method.model, data.n_features, data.n_classes)
         if stem is not None and not force:  # weights that do not fit this method's model are set aside
-            cached = load_run(stem, build_model(method.model, data.n_features, data.n_classes))
+            cached = load_run(stem, model)    # and weights that fit are loaded into it
         if cached is None:
             todo.append(i)
         else:
-            results[i] = _cached_result(method, seed, data, *cached, evaluate_test)
+            results[i] = _cached_result(seed, data, cached[0], model if cached[1] is not None else None,
+                                        evaluate_test)
             _bring_up_to_date(stem, cached[0], results[i], data, evaluate_test)
     if together is None:
         together = data.train.X.device.type == "cuda"
@@ -169,11 +170,9 @@ def _config_record(method: Method, spec: dict) -> dict:
     return {"model": dataclasses.asdict(method.model), "train": dataclasses.asdict(method.train), "data": spec}
 
 
-def _cached_result(method, seed, data, record, state, evaluate_test: bool) -> RunResult:
-    model = None  # state None: a run imported without its weights (hwutils.bundle)
-    if state is not None:
-        model = build_model(method.model, data.n_features, data.n_classes)
-        model.load_state_dict(state)
+def _cached_result(seed, data, record, model, evaluate_test: bool) -> RunResult:
+    """A cached run's result; ``model`` holds its loaded weights (None: imported without them)."""
+    if model is not None:
         model.to(data.train.X.device).eval()
     test_error = record["test_error"]
     if evaluate_test and not _finite(test_error) and model is not None:  # cached by a search
