@@ -6,7 +6,9 @@ core busy, a thread of ours is descheduled at nearly every region and the step t
 (``make bench`` shows it), while one thread is not held up by anything. So :func:`fit_members`
 asks :class:`TrainingThreads` for as many threads as there are cores the other processes leave
 free (:func:`thread_count`, the one decision), measured from ``/proc/stat`` over the time since
-the last decision and re-decided before a step once :data:`WINDOW_SECONDS` have passed; never more
+the last decision and re-decided before a step once :data:`WINDOW_SECONDS` have passed; after a
+pause in training (:data:`PAUSE_SECONDS` without a step) over a short window of its own instead, so
+that a neighbour who ran during the pause does not decide the first steps after it. Never more
 than the caller had set (``torch.set_num_threads``), and put back when training ends.
 
 ``HWUTILS_THREADS=N`` fixes the count at N (no adapting); without ``/proc/stat`` (not Linux)
@@ -21,12 +23,15 @@ from dataclasses import dataclass
 import torch
 
 __all__ = ["thread_count", "busy_elsewhere", "cpu_sample", "CpuSample", "TrainingThreads", "THREADS_ENV",
-           "WINDOW_SECONDS"]
+           "WINDOW_SECONDS", "PAUSE_SECONDS"]
 
 THREADS_ENV = "HWUTILS_THREADS"  # an integer: exactly that many threads, not adapted
 #: The shortest time over which the CPU others take is measured (a shorter one holds too few ticks).
 WINDOW_SECONDS = 0.5
-_FIRST_WINDOW = 0.1  # the first decision of a process has no earlier sample: measure this long
+#: A gap this long between two steps means training paused (between the runs of a sweep, a benchmark's
+#: pause): the CPU others took during the pause says little about now, so the next decision measures anew.
+PAUSE_SECONDS = 1.0
+_FIRST_WINDOW = 0.1  # a decision with no recent sample (the first, or the first after a pause) measures this long
 
 
 def thread_count(cores: int, busy_elsewhere: float, limit: int) -> int:
@@ -89,6 +94,7 @@ class TrainingThreads:
 
     _last: CpuSample | None = None      # shared by all runs of this process
     _threads: int | None = None
+    _last_step: float | None = None     # when adapt() was last called (monotonic seconds)
     _caller: int | None = None          # the caller's count while a run holds another one
 
     def __init__(self, device):
@@ -107,7 +113,9 @@ class TrainingThreads:
         if not self.active:
             return None
         cls = TrainingThreads
-        recent = cls._last is not None and cls._threads is not None
+        called, cls._last_step = cls._last_step, time.monotonic()
+        paused = called is None or cls._last_step - called > PAUSE_SECONDS
+        recent = cls._last is not None and cls._threads is not None and not paused
         if self.fixed is not None or self.limit == 1:
             chosen = self.fixed or 1
         elif recent and time.monotonic() - cls._last.wall < WINDOW_SECONDS:
@@ -116,8 +124,8 @@ class TrainingThreads:
             now = cpu_sample()
             if now is None:
                 chosen = self.limit
-            elif not recent or now.wall - cls._last.wall > 60:
-                time.sleep(_FIRST_WINDOW)  # no recent sample: measure a short window now
+            elif not recent:
+                time.sleep(_FIRST_WINDOW)  # no sample since training (re)started: measure a short window now
                 later = cpu_sample()
                 chosen = thread_count(len(_cores()), busy_elsewhere(now, later), self.limit)
                 cls._last = later

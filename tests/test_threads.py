@@ -53,3 +53,38 @@ def test_a_bad_thread_count_in_the_environment_is_one_line(monkeypatch):
     monkeypatch.setenv(threads.THREADS_ENV, "all")
     with pytest.raises(ValueError, match="HWUTILS_THREADS='all' is not a thread count: set a whole number"):
         TrainingThreads("cpu")
+
+
+def test_after_a_pause_the_threads_follow_the_machine_as_it_is_now_not_during_the_pause(monkeypatch):
+    """A neighbour that kept every core busy while training paused (between two runs of a sweep) and
+    stopped before it resumed does not cost the next steps a thread; one that starts mid-run does."""
+    clock, others = {"now": 100.0, "busy": 0.0}, {"cores": 0.0}  # cores the other processes keep busy
+
+    def advance(seconds):
+        clock["busy"] += others["cores"] * seconds
+        clock["now"] += seconds
+
+    monkeypatch.setattr(threads, "time", type("Clock", (), {"monotonic": staticmethod(lambda: clock["now"]),
+                                                           "sleep": staticmethod(advance)}))
+    monkeypatch.setattr(threads, "cpu_sample", lambda cores=None: CpuSample(clock["now"], clock["busy"], 0.0))
+    monkeypatch.setattr(threads, "_cores", lambda: [0, 1])
+    monkeypatch.delenv(threads.THREADS_ENV, raising=False)
+    for name in ("_last", "_threads", "_last_step", "_caller"):
+        monkeypatch.setattr(TrainingThreads, name, None)
+    counts = {"n": 2}
+    monkeypatch.setattr(torch, "get_num_threads", lambda: counts["n"])
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: counts.update(n=n))
+
+    run = TrainingThreads("cpu")
+    assert run.adapt() == 2                      # alone
+    advance(0.6)
+    assert run.adapt() == 2
+    others["cores"] = 2.0                        # a pause of 5 s, every core busy elsewhere ...
+    advance(5.0)
+    others["cores"] = 0.0                        # ... and quiet again when training resumes
+    assert run.adapt() == 2
+    others["cores"] = 2.0                        # a neighbour starts while we train: one thread
+    advance(0.6)
+    assert run.adapt() == 1
+    run.restore()
+    assert counts["n"] == 2
