@@ -23,7 +23,7 @@ from .data import Split
 from .fused import chosen_update, fused_step_, fused_terms
 from .models import MLP, StackedMLP
 from .optim import adam_update_, sgd_update_
-from .precision import PRECISIONS, matmul_precision, product_dtype
+from .precision import PRECISIONS, denormals_flushed, matmul_precision, product_dtype
 from .progress import progress_bar
 from .regularizers import L1Schedule, member_regularizers
 from .threads import TrainingThreads
@@ -394,11 +394,13 @@ def _check_together(models, configs) -> None:
 
 def _at_run_precision(fit):
     """``fit`` with its runs' float32 product precision set while it trains (and the previous one
-    after, also when it raises): see :func:`hwutils.precision.matmul_precision`."""
+    after, also when it raises), and on the CPU denormals flushed to zero: see
+    :func:`hwutils.precision.matmul_precision` and :func:`~hwutils.precision.denormals_flushed`."""
     @functools.wraps(fit)
     def wrapped(models, train, val, configs, **kwargs):
         configs = list(configs)
-        with matmul_precision(configs[0].precision if configs else None, train.X.device):
+        device = train.X.device
+        with matmul_precision(configs[0].precision if configs else None, device), denormals_flushed(device):
             return fit(models, train, val, configs, **kwargs)
     return wrapped
 

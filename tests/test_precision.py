@@ -133,3 +133,58 @@ def test_on_cuda_each_precision_trains_close_to_fp32_with_the_replayed_step(moon
               for p in precision.PRECISIONS}
     for p in ("tf32", "bf16"):
         torch.testing.assert_close(torch.tensor(losses[p]), torch.tensor(losses["fp32"]), rtol=0.05, atol=0.01)
+
+
+def _flushes() -> bool:
+    return (torch.tensor([1e-38]) * 0.5).item() == 0.0
+
+
+@pytest.fixture
+def can_flush():
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU cannot flush denormals")
+    torch.set_flush_denormal(False)
+
+
+def test_on_the_cpu_every_training_step_flushes_denormals_and_the_setting_comes_back_after(moons, monkeypatch,
+                                                                                          can_flush):
+    from hwutils import training
+
+    seen, real = [], training.train_step
+    monkeypatch.setattr(training, "train_step", lambda *a, **k: seen.append(_flushes()) or real(*a, **k))
+    fit(_model(), moons.train, moons.val, BASE, progress=False)
+    assert len(seen) == 3 * 10 and all(seen)
+    assert not _flushes()
+
+
+def test_flushing_a_dead_units_momentum_to_zero_leaves_the_trained_weights_as_they_were(moons, monkeypatch,
+                                                                                        can_flush):
+    """Momentum 0.9 without a penalty: units that die keep a momentum that decays into denormals and
+    stays there (0.9 x the smallest rounds back to itself); flushed, it is 0 and the weights agree bit
+    for bit."""
+    import contextlib
+
+    from hwutils import training
+
+    optimizers = []
+
+    class Kept(training.MemberOptimizer):  # the optimizer kept, to look at its momentum after training
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            optimizers.append(self)
+
+    monkeypatch.setattr(training, "MemberOptimizer", Kept)
+    config = TrainConfig(epochs=60, batch_size=10, lr=1.0, momentum=0.9, lr_schedule="constant")
+    trained = {}
+    for flushed in (True, False):
+        if not flushed:
+            monkeypatch.setattr(training, "denormals_flushed", lambda device: contextlib.nullcontext())
+        torch.manual_seed(0)
+        model = MLP(2, (16,), 2)
+        fit(model, moons.train, moons.val, config, progress=False)
+        denormal = sum(((a != 0) & (a.abs() < torch.finfo(torch.float32).tiny)).sum().item()
+                       for a, _ in optimizers[-1].state)
+        trained[flushed] = (model.state_dict(), denormal)
+    (flushed, none), (kept, some) = trained[True], trained[False]
+    assert none == 0 and some > 0  # without flushing, denormals are there to be flushed
+    assert all(torch.equal(flushed[name], kept[name]) for name in flushed)
