@@ -113,19 +113,23 @@ class TrainingThreads:
         if not self.active:
             return None
         cls = TrainingThreads
-        called, cls._last_step = cls._last_step, time.monotonic()
-        paused = called is None or cls._last_step - called > PAUSE_SECONDS
-        recent = cls._last is not None and cls._threads is not None and not paused
+        now_t = time.monotonic()
+        called, cls._last_step = cls._last_step, now_t
+        # A decision measures over the time since the last sample while training runs on; after a pause,
+        # or when the last sample is older than a window and a pause (runs at a fixed count came between),
+        # that time says little about now: it measures a short window of its own.
+        recent = (cls._last is not None and cls._threads is not None and called is not None
+                  and now_t - called <= PAUSE_SECONDS and now_t - cls._last.wall <= WINDOW_SECONDS + PAUSE_SECONDS)
         if self.fixed is not None or self.limit == 1:
             chosen = self.fixed or 1
-        elif recent and time.monotonic() - cls._last.wall < WINDOW_SECONDS:
+        elif recent and now_t - cls._last.wall < WINDOW_SECONDS:
             chosen = min(cls._threads, self.limit)  # too short a window to tell: as decided last
         else:
             now = cpu_sample()
             if now is None:
                 chosen = self.limit
             elif not recent:
-                time.sleep(_FIRST_WINDOW)  # no sample since training (re)started: measure a short window now
+                time.sleep(_FIRST_WINDOW)
                 later = cpu_sample()
                 chosen = thread_count(len(_cores()), busy_elsewhere(now, later), self.limit)
                 cls._last = later

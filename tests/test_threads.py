@@ -55,10 +55,12 @@ def test_a_bad_thread_count_in_the_environment_is_one_line(monkeypatch):
         TrainingThreads("cpu")
 
 
-def test_after_a_pause_the_threads_follow_the_machine_as_it_is_now_not_during_the_pause(monkeypatch):
-    """A neighbour that kept every core busy while training paused (between two runs of a sweep) and
-    stopped before it resumed does not cost the next steps a thread; one that starts mid-run does."""
-    clock, others = {"now": 100.0, "busy": 0.0}, {"cores": 0.0}  # cores the other processes keep busy
+
+@pytest.fixture
+def machine(monkeypatch):
+    """A 2-core machine on a clock of its own: ``advance(seconds)`` lets time pass while other
+    processes keep ``others["cores"]`` cores busy; the thread count is ``counts["n"]`` (2 at first)."""
+    clock, others, counts = {"now": 100.0, "busy": 0.0}, {"cores": 0.0}, {"n": 2}
 
     def advance(seconds):
         clock["busy"] += others["cores"] * seconds
@@ -71,10 +73,15 @@ def test_after_a_pause_the_threads_follow_the_machine_as_it_is_now_not_during_th
     monkeypatch.delenv(threads.THREADS_ENV, raising=False)
     for name in ("_last", "_threads", "_last_step", "_caller"):
         monkeypatch.setattr(TrainingThreads, name, None)
-    counts = {"n": 2}
     monkeypatch.setattr(torch, "get_num_threads", lambda: counts["n"])
     monkeypatch.setattr(torch, "set_num_threads", lambda n: counts.update(n=n))
+    return advance, others, counts
 
+
+def test_after_a_pause_the_threads_follow_the_machine_as_it_is_now_not_during_the_pause(machine):
+    """A neighbour that kept every core busy while training paused (between two runs of a sweep) and
+    stopped before it resumed does not cost the next steps a thread; one that starts mid-run does."""
+    advance, others, counts = machine
     run = TrainingThreads("cpu")
     assert run.adapt() == 2                      # alone
     advance(0.6)
@@ -88,3 +95,22 @@ def test_after_a_pause_the_threads_follow_the_machine_as_it_is_now_not_during_th
     assert run.adapt() == 1
     run.restore()
     assert counts["n"] == 2
+
+
+def test_runs_at_a_fixed_thread_count_in_between_do_not_make_an_old_sample_decide(machine, monkeypatch):
+    """A sweep that ran some runs at HWUTILS_THREADS=2 while a neighbour was busy, then one at the
+    default when the neighbour had stopped: the default measures the machine as it is then."""
+    advance, others, _ = machine
+    adaptive = TrainingThreads("cpu")
+    assert adaptive.adapt() == 2
+    adaptive.restore()
+    others["cores"] = 2.0
+    monkeypatch.setenv(threads.THREADS_ENV, "2")
+    fixed = TrainingThreads("cpu")
+    for _ in range(30):                          # 3 s of steps at a fixed count, every core busy elsewhere
+        fixed.adapt()
+        advance(0.1)
+    fixed.restore()
+    others["cores"] = 0.0
+    monkeypatch.delenv(threads.THREADS_ENV)
+    assert TrainingThreads("cpu").adapt() == 2
