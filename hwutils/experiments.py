@@ -27,7 +27,7 @@ from .training import History, TrainConfig, evaluate, fit_members
 
 __all__ = [
     "Method", "RunResult", "run", "run_sweep", "results_frame", "summarize", "search", "search_candidates",
-    "search_choices", "choices_at_edge",
+    "search_choices", "choices_at_edge", "edge_margins", "returned_val_loss",
     "run_facts", "compare_to_noise", "ranking_text", "grid_fields",
     "methods_frame",
     "format_summary", "COLUMN_LABELS",
@@ -273,10 +273,13 @@ def search_candidates(methods, grid: dict) -> list[Method]:
 def search_choices(methods, grid: dict, results):
     """The methods with the values ``grid``'s search chose from ``results`` (the trained
     :func:`search_candidates`, any seeds): per method, the combination with the lowest mean
-    *validation* error (the test error is not looked at; ties go to the smallest values). Also
-    returns a table of the search: one row per candidate and seed, a column per searched field,
-    ``field``/``value`` for the method's own constant (its first field other than ``lr``),
-    ``val_error_pct``, ``diverged``, ``chosen``, the :func:`run_facts` and ``dead_pct`` (hidden
+    *validation* error (the test error is not looked at); among equal errors, the lowest mean
+    validation loss (the cross-entropy of the same models on the same images: a finer measure of
+    the same fit); only runs equal in both - where the constant did not act between the values, as a
+    max-norm radius that never binds - go to the smallest values. Also returns a table of the
+    search: one row per candidate and seed, a column per searched field, ``field``/``value`` for the
+    method's own constant (its first field other than ``lr``), ``val_error_pct``, ``val_loss`` (of
+    the model returned), ``diverged``, ``chosen``, the :func:`run_facts` and ``dead_pct`` (hidden
     units that never fire on the validation images; NaN for a run that diverged)."""
     import pandas as pd
 
@@ -288,7 +291,7 @@ def search_choices(methods, grid: dict, results):
         own = next((f for f in fields[r.method] if f != "lr"), next(iter(fields[r.method])))
         rows.append({"method": r.method, **{f: r.config["train"][f] for f in fields[r.method]}, "field": own,
                      "value": r.config["train"][own], "seed": r.seed, "val_error_pct": 100 * r.val_error,
-                     "diverged": r.history.diverged, **run_facts(r),
+                     "val_loss": returned_val_loss(r), "diverged": r.history.diverged, **run_facts(r),
                      "dead_pct": math.nan if r.history.diverged else r.measurements["dead_pct"]})
     table = pd.DataFrame(rows)
     chosen = []
@@ -298,8 +301,9 @@ def search_choices(methods, grid: dict, results):
             continue
         names = list(fields[method.name])
         mine = table[table["method"] == method.name]
-        means = mine.groupby(names)["val_error_pct"].mean().sort_index()  # sorted: ties → smallest
-        best = means.idxmin() if len(names) > 1 else (means.idxmin(),)
+        means = mine.groupby(names)[["val_error_pct", "val_loss"]].mean().sort_index()  # equal in both → smallest
+        best = means.sort_values(["val_error_pct", "val_loss"], kind="stable").index[0]
+        best = best if len(names) > 1 else (best,)
         plain = [v.item() if hasattr(v, "item") else v for v in best]  # numpy scalars → Python numbers
         chosen.append(method.replace(**dict(zip(names, plain))))
     if len(table):
@@ -307,6 +311,46 @@ def search_choices(methods, grid: dict, results):
         table["chosen"] = [all(row[f] == getattr(by_name[row["method"]].train, f) for f in fields[row["method"]])
                            for row in table.to_dict("records")]
     return chosen, table
+
+
+def returned_val_loss(result: RunResult) -> float:
+    """The validation loss of the model a run returned: its best epoch's with early stopping (whose
+    weights it returns), else its last epoch's; NaN for a run that diverged or has no epoch."""
+    h = result.history
+    if h.diverged or not h.val_loss:
+        return math.nan
+    early = (result.config.get("train") or {}).get("patience") is not None and h.best_epoch
+    return h.val_loss[h.best_epoch - 1] if early else h.val_loss[-1]
+
+
+def edge_margins(table, grid: dict, edges, n_val: int, z: float = 2.0) -> list[dict]:
+    """For each choice at an edge of ``grid`` (:func:`choices_at_edge`), how it compares with its
+    neighbour inside the grid, the other searched fields as chosen: ``margin`` (points of validation
+    error by which the neighbour is worse), ``noise`` (``z`` binomial standard errors of that
+    difference on ``n_val`` images per seed: ``sqrt(p₁(1-p₁)/n + p₂(1-p₂)/n)``), ``same`` (the two
+    equal in mean validation error and loss: the field did not act between them) and ``extend``:
+    beyond the noise, or the same - where a value further out may still be better, or is where the
+    field starts to act. Within the noise the grid stops: validation could not tell a value beyond
+    the edge from it either."""
+    out = []
+    for name, field, value, side in edges:
+        mine = table[table["method"] == name]
+        chosen = mine[mine["chosen"]].iloc[0]
+        for other in grid_fields(grid[name]):
+            if other != field:
+                mine = mine[mine[other] == chosen[other]]
+        values = sorted(mine[field].unique())
+        inner = values[1] if side == "smallest" else values[-2]
+        here, there = mine[mine[field] == value], mine[mine[field] == inner]
+        p1, p2 = here["val_error_pct"].mean() / 100, there["val_error_pct"].mean() / 100
+        n = n_val * len(here)
+        noise = 100 * z * math.sqrt(p1 * (1 - p1) / n + p2 * (1 - p2) / n)
+        same = bool(p1 == p2 and here["val_loss"].mean() == there["val_loss"].mean())
+        margin = 100 * (p2 - p1)
+        out.append({"method": name, "field": field, "value": float(value), "side": side, "neighbour": float(inner),
+                    "margin": float(margin), "noise": float(noise), "same": same,
+                    "extend": bool(same or margin > noise)})
+    return out
 
 
 def run_facts(result: RunResult) -> dict:

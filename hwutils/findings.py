@@ -170,31 +170,50 @@ def choices_table(study: Study):
     return frame.drop_duplicates("method", keep="last").set_index("method")
 
 
+def _edge_reason(margin: dict, extended: bool) -> str:
+    """Why a choice at an edge stays there (an :func:`~hwutils.experiments.edge_margins` row)."""
+    label, side = CONSTANT_LABELS[margin["field"]], margin["side"]
+    head = (f"{margin['method']}: {label} = {margin['value']:g} is the {side} value tried; "
+            f"{margin['neighbour']:g} beside it is ")
+    if margin["same"]:
+        return head + "the same run (the constant did not act between them), and the grid was extended as far " \
+                      "as the search allows"
+    compared = (f"worse by {margin['margin']:.2f} points of validation error" if margin["margin"] > 0 else
+                "no worse" if margin["margin"] == 0 else f"better by {-margin['margin']:.2f} points")
+    if not margin["extend"]:
+        return (head + f"{compared}, within the noise (2 s.e. = {margin['noise']:.2f}), so the grid stops: "
+                       f"validation could not tell a value beyond it from it either")
+    return head + f"{compared}, beyond the noise (2 s.e. = {margin['noise']:.2f}), and the grid was " \
+                  f"extended as far as the search allows" + ("" if extended else " (not extended)")
+
+
 def search_text(study: Study) -> str:
-    """Choices still at an edge of their (extended) grid, the grids that were extended, and the
-    constants that tied on the search data and were searched again at the final budget."""
+    """Choices at an edge of their (extended) grid and why each grid stops there, the grids that
+    were extended, and the constants whose runs were the same on the search data (searched again at
+    the final budget) or also there."""
     lr, const = _searches(study)
-    edges = [(n, f, v, side) for outcome in (lr, const) for n, f, v, side in outcome.edges]
     extended = [f"{n}: {CONSTANT_LABELS[f]} (searched {listed(v)})"
                 for outcome in (lr, const) for n, spec in outcome.grid.items()
                 for f, v in grid_fields(spec).items()
                 if n in outcome.base and len(v) > len(grid_fields(outcome.base[n])[f])]
+    grown = lambda o, m: (len(grid_fields(o.grid[m["method"]])[m["field"]])
+                          > len(grid_fields(o.base[m["method"]])[m["field"]]))
+    reasons = [_edge_reason(m, grown(outcome, m)) for outcome in (lr, const) for m in outcome.margins]
     tied, still = lr.tied, const.tied
-    parts = ["**Choices at the edge of their grid** (the optimum may lie beyond it): "
-             + ("; ".join(f"{n}: {CONSTANT_LABELS[f]} = {v:g} is the {side} value tried, after the grid was "
-                          f"extended as far as the search allows" for n, f, v, side in edges) + "."
-                if edges else "none: every choice lies inside its grid.")]
+    parts = ["**Choices at the edge of their grid, and why the grid stops there** (a grid is extended where "
+             "its edge beats the value beside it beyond the noise, or equals it): "
+             + ("; ".join(reasons) + "." if reasons else "none: every choice lies inside its grid.")]
     if extended:
-        parts.append("**Grids extended** because a choice landed on their edge: " + "; ".join(extended) + ".")
+        parts.append("**Grids extended**: " + "; ".join(extended) + ".")
     if tied:
-        parts.append("**Ties on the search data**: at the chosen learning rate several values of the constant "
-                     "shared the lowest validation error, so validation could not choose among them there; they "
-                     "were searched again at the final budget, where a constant acts longer: "
+        parts.append("**The same runs on the search data**: at the chosen learning rate several values of the "
+                     "constant gave the same validation error and loss - the constant did not act between them "
+                     "there - so they were searched again at the final budget, where a constant acts longer: "
                      + "; ".join(f"{n} ({CONSTANT_LABELS[f]} ∈ {{{listed(v)}}})" for n, (f, v) in tied.items())
-                     + ". A max-norm radius ties when it never binds in the search's few steps.")
+                     + ". A max-norm radius does so when it never binds in the search's few steps.")
     if still:
-        parts.append("**Still tied at the final budget**, so the tie rule kept the smallest value and the "
-                     "constant made no difference in this run: "
+        parts.append("**The same runs at the final budget too**: the constant did not act between these values "
+                     "in this run, so the row is the same run whichever of them is named (the smallest is): "
                      + "; ".join(f"{n} ({CONSTANT_LABELS[f]} ∈ {{{listed(v)}}})" for n, (f, v) in still.items())
                      + ".")
     return "\n\n".join(parts)
@@ -535,7 +554,11 @@ def questions_text(study: Study) -> str:
     activity = regularizer_activity(study.final)
     inactive = sorted(set(activity.loc[~activity["active"], "method"]))
     lr, const = study.lr_search, study.constant_search
-    edges = [f"{n} ({CONSTANT_LABELS[f]} = {v:g})" for o in (lr, const) for n, f, v, _ in o.edges]
+    stops = {"noise": [], "limit": []}
+    for o in (lr, const):
+        for m in o.margins:
+            stops["limit" if m["extend"] else "noise"].append(f"{m['method']} ({CONSTANT_LABELS[m['field']]} = "
+                                                              f"{m['value']:g})")
     inherited = [n for n in const.grid if n not in lr.grid and n.startswith("L2 +")]
     comparisons = compare_to_noise(study.final, len(study.data.test))
     beyond = int(comparisons["exceeds_noise"].sum())
@@ -545,11 +568,16 @@ def questions_text(study: Study) -> str:
     tuned = (f"as far as this search goes: the learning rate of {', '.join(LR_STUDY)} was searched jointly with "
              f"its constant on the search data; {' and '.join(inherited)} inherit L2's learning rate and λ₂ and "
              f"search their own constant at the final budget (the paper's Table 9 does not say how its "
-             f"constants were chosen). " + (f"Still at a grid edge after extending: {'; '.join(edges)}."
-                                            if edges else "No choice is at an edge of its grid.")
-             + (" Chosen by the tie rule (the smallest of values with the same validation error at the final "
-                "budget): " + "; ".join(f"{n} ({CONSTANT_LABELS[f]} = {min(v):g})" for n, (f, v) in const.tied.items())
-                + "." if const.tied else ""))
+             f"constants were chosen). "
+             + (f"At a grid edge within the noise of the value beside it (validation cannot tell a value beyond "
+                f"it apart): {'; '.join(stops['noise'])}. " if stops["noise"] else "")
+             + (f"At a grid edge after extending as far as the search allows: {'; '.join(stops['limit'])}. "
+                if stops["limit"] else "")
+             + ("No choice is at an edge of its grid. " if not any(stops.values()) else "")
+             + ("Not chosen by validation, because the runs were the same at the final budget (the constant did "
+                "not act between its values): " + "; ".join(f"{n} ({CONSTANT_LABELS[f]} ∈ {{{listed(v)}}})"
+                                                             for n, (f, v) in const.tied.items()) + "."
+                if const.tied else "No constant is chosen by a tie."))
     noise = (f"{beyond} of {len(comparisons)} pairwise differences exceed twice their standard error; the "
              f"others are ties")
     return (f"1. **Is every regularizer doing something?** {acting}.\n"

@@ -26,12 +26,12 @@ import functools
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .cache import run_stem
-from .experiments import (MAX_TOGETHER, Method, choices_at_edge, grid_fields, run_key, run_sweep, search_candidates,
-                          search_choices)
+from .experiments import (MAX_TOGETHER, Method, choices_at_edge, edge_margins, grid_fields, run_key, run_sweep,
+                          search_candidates, search_choices)
 from .profiles import (authors_recipe_methods, final_methods, inherit_l2, mnist_methods, mnist_profile,
                        mnist_search_grids, mnist_splits)
 
@@ -446,9 +446,10 @@ class Study:
         return outcome
 
     def _search_rounds(self, methods, grid: dict, stage_of, dry: bool, extensions: int = GRID_EXTENSIONS):
-        """The search's stages - its grid, then the grid extended while a choice is at an edge (at
-        most ``extensions`` times) - and its outcome. ``dry``: train nothing; stop at the first round
-        not in the cache (its outcome is then None)."""
+        """The search's stages - its grid, then the grid extended while a choice is at an edge and
+        beats its neighbour beyond the noise, or equals it (:func:`~hwutils.experiments.edge_margins`;
+        at most ``extensions`` times) - and its outcome. ``dry``: train nothing; stop at the first
+        round not in the cache (its outcome is then None)."""
         base, stages = grid, []
         for round_ in range(extensions + 1):
             stage = stage_of(grid, round_)
@@ -458,11 +459,13 @@ class Study:
             results, = self.complete(stage) if not dry else [self._sweep(b) for b in stage.batches]
             chosen, table = search_choices(methods, grid, results)
             edges = choices_at_edge(table, grid)
-            wider = _extend(grid, base, edges, extensions) if round_ < extensions else None
+            margins = edge_margins(table, grid, edges, len(self._data(stage.batches[0].data).val))
+            wider = _extend(grid, base, [e for e, m in zip(edges, margins) if m["extend"]], extensions) \
+                if round_ < extensions else None
             if wider is None:
                 break
             grid = wider
-        return stages, SearchOutcome(chosen, table, grid, base, edges, stages, "", results)
+        return stages, SearchOutcome(chosen, table, grid, base, edges, stages, "", results, margins)
 
     @functools.cached_property
     def momentum_probe(self):
@@ -542,13 +545,14 @@ class SearchOutcome:
     stages: list
     where: str
     results: list
+    margins: list = field(default_factory=list)  # edge_margins of the edges, in their order
 
     @property
     def tied(self) -> dict:
-        """``{method: (field, values)}`` for each method whose lowest validation error at the chosen
-        learning rate is shared by several values of its own constant (where a constant does not
-        act, as a max-norm radius that never binds, they all tie): the tie rule, not validation,
-        would pick among those values."""
+        """``{method: (field, values)}`` for each method whose lowest validation error and loss at
+        the chosen learning rate are shared by several values of its own constant: runs the same in
+        both, where the constant did not act between those values (as a max-norm radius that never
+        binds), so that validation cannot choose among them."""
         out = {}
         for name, spec in self.grid.items():
             fields = grid_fields(spec)
@@ -559,8 +563,10 @@ class SearchOutcome:
             mine = self.table[self.table["method"] == name]
             if "lr" in fields:
                 mine = mine[mine["lr"] == chosen.train.lr]
-            means = mine.groupby(own)["val_error_pct"].mean()
-            best = tuple(float(v) for v in means.index[means == means.min()])
+            means = mine.groupby(own)[["val_error_pct", "val_loss"]].mean()
+            top = means.loc[getattr(chosen.train, own)]
+            best = tuple(float(v) for v in means.index[(means["val_error_pct"] == top["val_error_pct"])
+                                                        & (means["val_loss"] == top["val_loss"])])
             if len(best) > 1:
                 out[name] = (own, best)
         return out

@@ -158,3 +158,44 @@ def test_the_learning_rate_warms_up_linearly_then_follows_its_schedule():
     assert _lr_factor(cosine, 30, 50, 5) == pytest.approx(0.5 * (1 + math.cos(math.pi * 30 / 50)))
     with pytest.raises(ValueError, match="warmup_epochs"):
         TrainConfig(epochs=2, warmup_epochs=2)
+
+
+def _candidate(value, val_error, val_loss, lr=0.1, field="l2"):
+    """A searched run of "m" with ``lr`` and ``field`` = ``value``, its validation error and loss."""
+    history = History(val_loss=[2.0, val_loss], val_error=[0.5, val_error])
+    return RunResult("m", 0, f"{lr}-{value}", history, val_error, math.nan,
+                     {"train": {"lr": lr, field: value, "patience": None}}, measurements={"dead_pct": 0.0})
+
+
+def test_the_search_breaks_equal_errors_by_the_validation_loss_and_only_identical_runs_by_the_smallest():
+    from hwutils.experiments import search_choices
+
+    method = Method("m", NET, BASE)
+    grid = {"m": {"lr": (0.1,), "l2": (1e-5, 1e-4, 1e-3)}}
+    loss_decides = [_candidate(1e-5, 0.03, 0.110), _candidate(1e-4, 0.03, 0.100), _candidate(1e-3, 0.04, 0.090)]
+    (chosen,), _ = search_choices([method], grid, loss_decides)
+    assert chosen.train.l2 == 1e-4  # the same error as 1e-5, a lower loss; 1e-3's loss is lower, its error not
+    identical = [_candidate(1e-5, 0.03, 0.1), _candidate(1e-4, 0.03, 0.1), _candidate(1e-3, 0.05, 0.1)]
+    (chosen,), _ = search_choices([method], grid, identical)
+    assert chosen.train.l2 == 1e-5
+
+
+def test_a_grid_is_extended_where_its_edge_beats_its_neighbour_beyond_the_noise_or_equals_it():
+    from hwutils.experiments import edge_margins, search_choices
+
+    method, grid = Method("m", NET, BASE), {"m": {"lr": (0.1,), "l2": (1e-5, 1e-4)}}
+    n_val = 5_000  # 2 s.e. of a difference of two errors near 3 % on 5,000 images: about 0.68 points
+    cases = {"beyond the noise": (0.030, 0.045, True), "within the noise": (0.030, 0.033, False)}
+    for name, (edge, neighbour, extend) in cases.items():
+        (chosen,), table = search_choices([method], grid, [_candidate(1e-5, edge, 0.1),
+                                                           _candidate(1e-4, neighbour, 0.2)])
+        edges = choices_at_edge(table, grid)
+        (margin,) = edge_margins(table, grid, edges, n_val)
+        noise = 200 * math.sqrt((edge * (1 - edge) + neighbour * (1 - neighbour)) / n_val)
+        assert (margin["value"], margin["side"], margin["neighbour"]) == (1e-5, "smallest", 1e-4), name
+        assert margin["margin"] == pytest.approx(100 * (neighbour - edge)) and margin["noise"] == pytest.approx(noise)
+        assert margin["extend"] is extend and not margin["same"], name
+    same = [_candidate(1e-5, 0.03, 0.1), _candidate(1e-4, 0.03, 0.1)]  # a constant that did not act
+    _, table = search_choices([method], grid, same)
+    (margin,) = edge_margins(table, grid, choices_at_edge(table, grid), n_val)
+    assert margin["same"] and margin["extend"]
