@@ -11,15 +11,6 @@ FP32 master weights.
 A run's precision is a training field, ``TrainConfig.precision``; ``None`` is the device's default
 - TF32 on CUDA, FP32 on the CPU - which is what the runs cached before the field existed were
 trained with, so that value keeps their cache keys (:data:`hwutils.experiments.LATER_FIELDS`).
-
-Whatever the precision, training on the CPU flushes float32 denormals (below 1.2e-38) to zero
-(:func:`denormals_flushed`): on x86 an operation on a denormal costs about 13x an ordinary one
-(10.7 against 0.9 ms for a momentum update of 1.3 million weights, measured on the 2-core developer
-host), and a dead unit's weights - gradient exactly 0, no penalty - have a momentum that decays
-into them geometrically and stays there (0.99 x the smallest denormals rounds back to themselves).
-The authors' recipe in Part 3, which leaves about half its units dead, took 20 ms per step at its
-end instead of 7.5 because of it. Flushing moves a weight only by what it could never resolve
-(a weight of 1e-30 or more is unchanged by adding a denormal).
 """
 from __future__ import annotations
 
@@ -28,7 +19,7 @@ import contextlib
 import torch
 
 __all__ = ["PRECISIONS", "default_precision", "resolve", "neutral", "matmul_precision", "use_products",
-           "product_dtype", "describe", "denormals_flushed"]
+           "product_dtype", "describe"]
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 #: What ``torch.set_float32_matmul_precision`` takes for each precision's float32 products.
@@ -77,20 +68,6 @@ def matmul_precision(precision: str | None, device):
         yield concrete
     finally:
         torch.set_float32_matmul_precision(before)
-
-
-@contextlib.contextmanager
-def denormals_flushed(device):
-    """On the CPU, float32 denormals flushed to zero while the block runs (the default, kept, after:
-    torch has no way to read the setting, and this project sets it nowhere else); nothing elsewhere,
-    nor where the CPU cannot (``torch.set_flush_denormal`` says so)."""
-    if _device_type(device) != "cpu" or not torch.set_flush_denormal(True):
-        yield
-        return
-    try:
-        yield
-    finally:
-        torch.set_flush_denormal(False)
 
 
 def use_products(precision: str | None, device) -> None:

@@ -212,3 +212,33 @@ def test_max_norm_output_holds_the_output_layer_to_the_radius_after_a_step(moons
 def test_a_half_set_recipe_field_fails_at_construction_naming_what_to_set(bad, named):
     with pytest.raises(ValueError, match=named):
         TrainConfig(**bad)
+
+
+def test_a_dead_units_momentum_never_becomes_denormal_and_sweeping_it_leaves_the_weights_as_they_were(
+        moons, monkeypatch):
+    """Momentum 0.9 without a penalty: units that die keep a momentum that decays into the float32
+    denormals (13x slower to compute with on x86) and stays there. The sweep every SWEEP_EVERY steps
+    sets it to 0 first; the trained weights agree bit for bit with those of training without it."""
+    from hwutils import training
+
+    optimizers = []
+
+    class Kept(training.MemberOptimizer):  # the optimizer kept, to look at its momentum after training
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            optimizers.append(self)
+
+    monkeypatch.setattr(training, "MemberOptimizer", Kept)
+    config = TrainConfig(epochs=60, batch_size=10, lr=1.0, momentum=0.9, lr_schedule="constant")
+    trained = {}
+    for every in (training.SWEEP_EVERY, 10**9):  # as trained, and never swept
+        monkeypatch.setattr(training, "SWEEP_EVERY", every)
+        torch.manual_seed(0)
+        model = MLP(2, (16,), 2)
+        fit(model, moons.train, moons.val, config, progress=False)
+        denormal = sum(((a != 0) & (a.abs() < torch.finfo(torch.float32).tiny)).sum().item()
+                       for a, _ in optimizers[-1].state)
+        trained[every] = (model.state_dict(), denormal)
+    (swept, none), (kept, some) = trained.values()
+    assert none == 0 and some > 0  # without the sweep the denormals are there
+    assert all(torch.equal(swept[name], kept[name]) for name in swept)
