@@ -111,12 +111,13 @@ MNIST_PROFILES = {
     # 1.45 % at 50 epochs to 1.38 % at 80), and the control "L2, dropout's epochs" - about 400
     # epoch-equivalents with dropout's slower steps. The learning-rate search runs on 10,000 training
     # and 5,000 validation images for 6 epochs (10 with dropout), 40 runs; the L1 and KL constants are
-    # searched at the final budget (their chosen runs are the final runs, 3 more runs). Measured: 31 min
-    # from an empty cache on a host whose ceiling measured 170 GFLOP/s, so about 26 min at 200 GFLOP/s,
-    # twice the 12 min once aimed at - the price of the dropout methods' 80 epochs, which their
-    # <= 1.3 % needs.
-    # The authors' recipe (80 epochs at batch 100) adds about a fifth to that; its B.1 variant is left to the
-    # larger profiles to pay for it.
+    # searched at the final budget (their chosen runs are the final runs, 3 more runs). The authors'
+    # recipe runs 80 epochs at batch 100 (40,000 steps); its B.1 variant is left to the larger profiles.
+    # Measured (2026-12-02, `make report` from an empty cache, a quiet 2-core host whose ceiling `make
+    # bench` put at 196-250 GFLOP/s that day): Part 3 40.5 min (its estimate: 29), of which the search 4 min
+    # (45 runs, one grid extended), the constants at the final budget 7 min (5 runs), the seven final runs
+    # 19 min and the authors' recipe 7.5 min; the whole report 55 min. Over the ~30 min aimed at; see the
+    # README for what would pay for it.
     "quick": MnistProfile(hidden=(800, 800), epochs=30, dropout_epochs=80, search_train=10_000,
                           search_val=5_000, search_epochs=6, search_dropout_epochs=10, paper_b1=False),
     # A workstation or a small GPU: wider net, longer training, three seeds, the search on all data

@@ -273,10 +273,10 @@ def largest_effective_step(config: TrainConfig, steps_per_epoch: int) -> tuple[f
 #: lights, in a method without L2 - keeps a momentum that decays geometrically into the float32
 #: denormals (below 1.2e-38) and stays there (0.9 x the smallest of them rounds back to itself). On
 #: x86 an operation on a denormal costs about 13x an ordinary one (measured on the 2-core developer
-#: host: 10.7 against 0.9 ms for a momentum update of 1.3 million values), so the methods without L2
-#: slowed by up to half, and the authors' recipe in Part 3 (half its units dead) ran at 20 ms per step
-#: by its end instead of 7.5. ``torch.set_flush_denormal`` does not help: it sets only the calling
-#: thread, not the OpenMP workers that do half of each update. A momentum of 1e-30 moves a weight by
+#: host: 8.6 against 0.65 ms for a momentum update of 1.3 million values), so in Part 3's quick profile
+#: dropout + max-norm took 430 s instead of 252, and the authors' recipe (half its units dead) 450 s
+#: instead of 275, at 20 ms per step by its end. ``torch.set_flush_denormal`` does not help: it sets
+#: only the calling thread, not the OpenMP workers that do half of each update. A momentum of 1e-30 moves a weight by
 #: less than float32 resolves for any weight above 1e-23 in magnitude, and from 1e-30 a value needs
 #: 175 steps at momentum 0.9 (1,833 at 0.99) to become denormal: swept every 100 steps, none does.
 TINY_STATE = 1e-30
