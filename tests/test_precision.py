@@ -133,4 +133,3 @@ def test_on_cuda_each_precision_trains_close_to_fp32_with_the_replayed_step(moon
               for p in precision.PRECISIONS}
     for p in ("tf32", "bf16"):
         torch.testing.assert_close(torch.tensor(losses[p]), torch.tensor(losses["fp32"]), rtol=0.05, atol=0.01)
-
