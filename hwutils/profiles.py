@@ -114,10 +114,12 @@ MNIST_PROFILES = {
     # searched at the final budget (their chosen runs are the final runs, 3 more runs). The authors'
     # recipe runs 80 epochs at batch 100 (40,000 steps); its B.1 variant is left to the larger profiles.
     # Measured (2026-12-02, `make report` from an empty cache, a quiet 2-core host whose ceiling `make
-    # bench` put at 196-250 GFLOP/s that day): Part 3 40.5 min (its estimate: 29), of which the search 4 min
+    # bench` put at 196-256 GFLOP/s that day): Part 3 40.5 min (its estimate: 29), of which the search 4 min
     # (45 runs, one grid extended), the constants at the final budget 7 min (5 runs), the seven final runs
-    # 19 min and the authors' recipe 7.5 min; the whole report 55 min. Over the ~30 min aimed at; see the
-    # README for what would pay for it.
+    # 19 min and the authors' recipe 7.5 min; the whole report 55 min. The max-norm methods and the recipe
+    # were slowed by denormal momentum then (hwutils.training.TINY_STATE); with that fixed, Part 3 alone
+    # through the runner took 30.6 min an hour later (ceiling 256 GFLOP/s), so the report is about 45 min.
+    # Over the ~30 min aimed at; see the README for what would pay for it.
     "quick": MnistProfile(hidden=(800, 800), epochs=30, dropout_epochs=80, search_train=10_000,
                           search_val=5_000, search_epochs=6, search_dropout_epochs=10, paper_b1=False),
     # A workstation or a small GPU: wider net, longer training, three seeds, the search on all data
