@@ -44,7 +44,8 @@ a test): plain ``fit`` ≥ 0.75 of the ceiling (issue 10's done-when), no regula
 a step, ``fit`` ≥ 10× the naive baseline; on CUDA, K = 18 at ≥ 8× below 1.9 ms per step per run
 (``fit`` at the paper shape on an H100 before the stacked engine) and, stacked, at ≤ 0.045 ms per step
 per run (issue 19: 1.5× an H200's memory floor); on the CPU, the default ``fit``
-beside the busy process within 2× of alone (issue 20), and alone no slower than with all cores.
+beside a busy process in another session within 2× of alone and, in the same session, near the bound
+of its share of the CPU (issue 20), and alone no slower than with all cores.
 """
 from __future__ import annotations
 
