@@ -23,12 +23,12 @@ from .data import Splits
 from .diagnostics import MEASUREMENTS_VERSION, end_of_training
 from .models import ModelConfig, build_model
 from .progress import progress_bar
-from .training import History, TrainConfig, evaluate, fit_members
+from .training import History, TrainConfig, evaluate, fit_members, shared_prefix_epochs, trunk_config
 
 __all__ = [
     "Method", "RunResult", "run", "run_sweep", "results_frame", "summarize", "search", "search_candidates",
     "search_choices", "choices_at_edge", "edge_margins", "returned_val_loss",
-    "run_facts", "compare_to_noise", "ranking_text", "grid_fields",
+    "run_facts", "compare_to_noise", "ranking_text", "grid_fields", "prefix_key", "sweep_epochs",
     "methods_frame",
     "format_summary", "COLUMN_LABELS",
 ]
@@ -154,10 +154,42 @@ def run_sweep(methods, data: Splits, *, seeds=(0,),
     return results
 
 
+def prefix_key(method: Method, seed: int):
+    """What decides the first epochs of a run that are the same run as others' (L2 and L2 with L1
+    switched on late: :func:`hwutils.training.shared_prefix_epochs`); None for a run that shares none."""
+    dropout = bool(method.model.dropout_input or method.model.dropout_hidden)
+    if dropout or shared_prefix_epochs(method.train) == 0:
+        return None
+    return method.model, trunk_config(method.train.replace(seed=seed))
+
+
+def sweep_epochs(jobs) -> list[int]:
+    """The epochs each of ``jobs`` (``(method, seed)`` pairs, all to train in one :func:`run_sweep`)
+    costs: its own, except that runs sharing their first epochs (:func:`prefix_key`) train those
+    once - the first of them pays for them, each other one only for the epochs after."""
+    keys = [prefix_key(method, seed) for method, seed in jobs]
+    split: dict[object, int] = {}
+    for (method, _), key in zip(jobs, keys):
+        if key is not None:
+            split[key] = min(split.get(key, method.train.epochs), shared_prefix_epochs(method.train))
+    paid, out = set(), []
+    for (method, _), key in zip(jobs, keys):
+        shared = 0 if key is None or key not in paid or keys.count(key) < 2 else split[key]
+        paid.add(key)
+        out.append(method.train.epochs - shared)
+    return out
+
+
 def _groups(jobs, indices, together: bool) -> list[list[int]]:
-    """Indices of the runs to train together: one group per shared step (at most MAX_TOGETHER)."""
+    """Indices of the runs to train together: one group per shared step (at most MAX_TOGETHER).
+    One by one where stacking does not pay, except runs that share their first epochs
+    (:func:`prefix_key`): those train together everywhere, so that those epochs train once."""
     if not together:
-        return [[i] for i in indices]
+        by_prefix: dict[object, list[int]] = {}
+        for (method, seed), i in zip(jobs, indices):
+            key = prefix_key(method, seed)
+            by_prefix.setdefault(("alone", i) if key is None else key, []).append(i)
+        return [g[j:j + MAX_TOGETHER] for g in by_prefix.values() for j in range(0, len(g), MAX_TOGETHER)]
     by_step: dict[tuple, list[int]] = {}
     for (method, _), i in zip(jobs, indices):
         t = method.train

@@ -120,7 +120,7 @@ MNIST_PROFILES = {
     # were slowed by denormal momentum then (hwutils.training.TINY_STATE); with that fixed, Part 3 alone
     # through the runner took 30.6 min an hour later (ceiling 256 GFLOP/s), so the report is about 45 min.
     # Over the ~30 min aimed at; see the README for what would pay for it.
-    "quick": MnistProfile(hidden=(800, 800), epochs=30, dropout_epochs=80, search_train=10_000,
+    "quick": MnistProfile(hidden=(800, 800), epochs=20, dropout_epochs=50, search_train=10_000,
                           search_val=5_000, search_epochs=6, search_dropout_epochs=10, paper_b1=False),
     # A workstation or a small GPU: wider net, longer training, three seeds, the search on all data
     # for half the epochs.

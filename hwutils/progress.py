@@ -5,7 +5,7 @@ Training code makes its bars with :func:`progress_bar`::
     bar = progress_bar(total=epochs, desc=f"{method} seed {seed}", unit="epoch")
     for epoch in range(epochs):
         ...
-        bar.set_postfix_str(f"val error {err:.2%}")
+        bar.set_postfix_str(f"val error {err:.2%}", refresh=False)  # redrawn by update()
         bar.update()
     bar.close()
 

@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .cache import run_stem
-from .experiments import (MAX_TOGETHER, Method, choices_at_edge, edge_margins, grid_fields, run_key, run_sweep,
-                          search_candidates, search_choices)
+from .experiments import (MAX_TOGETHER, Method, choices_at_edge, edge_margins, grid_fields, prefix_key, run_key,
+                          run_sweep, search_candidates, search_choices, sweep_epochs)
 from .profiles import (authors_recipe_methods, final_methods, inherit_l2, mnist_methods, mnist_profile,
                        mnist_search_grids, mnist_splits)
 
@@ -211,11 +211,17 @@ class Study:
                 else f"CPU, {torch.get_num_threads()} threads")
 
     # ------------------------------------------------------------------ running a stage
-    def _steps(self, batch: Batch, method: Method) -> int:
-        """Run-steps of one run: epochs x minibatches per epoch (early stopping aside)."""
+    def _steps(self, batch: Batch, method: Method, epochs: int | None = None) -> int:
+        """Run-steps of one run: epochs (``epochs``: those it trains itself, see
+        :meth:`_batch_steps`) x minibatches per epoch (early stopping aside)."""
         n = {"final": self.sizes, "search": self.small, "standardized": self.small}[batch.data]
         images = n.train_subset or 50_000
-        return method.train.epochs * math.ceil(images / method.train.batch_size)
+        return (method.train.epochs if epochs is None else epochs) * math.ceil(images / method.train.batch_size)
+
+    def _batch_steps(self, batch: Batch, jobs) -> list[int]:
+        """Run-steps of each of ``jobs`` (``(method, seed)`` of ``batch``, trained in one sweep), the
+        epochs some share counted once (:func:`~hwutils.experiments.sweep_epochs`)."""
+        return [self._steps(batch, m, e) for (m, _), e in zip(jobs, sweep_epochs(jobs))]
 
     def _sweep(self, batch: Batch, jobs=None) -> list:
         methods, seeds = batch.methods, batch.seeds
@@ -294,10 +300,15 @@ class Study:
         return [m.replace(epochs=budget[m.name]) for m in inherit_l2(lr_chosen, l2)]
 
     def constant_stage(self, methods, grid: dict, round_: int = 0) -> Stage:
-        """The constants searched at the final budget (all training images, the final epochs)."""
+        """The constants searched at the final budget (all training images, the final epochs). The
+        chosen L2 at the final budget trains with them - it is a final run, and L2 + L1's candidates
+        are it until their L1 switches on, so those epochs train once (:func:`~hwutils.experiments.prefix_key`)."""
         candidates = tuple(search_candidates(methods, grid))
+        l2 = self._method(methods, "L2")
+        trunk = (l2,) if round_ == 0 and l2 not in candidates and any(
+            prefix_key(c, 0) is not None and prefix_key(c, 0) == prefix_key(l2, 0) for c in candidates) else ()
         name = "constants at the final budget" + (f", grid extended ({round_})" if round_ else "")
-        return Stage(name, (Batch("constants", candidates, self.sizes.seeds, "final"),))
+        return Stage(name, (Batch("constants", trunk + candidates, self.sizes.seeds, "final"),))
 
     def momentum_stage(self, dropout_max_norm: Method) -> Stage:
         """Dropout + max-norm at a rate that kills units with momentum 0.9, with momentum 0.5."""
@@ -375,7 +386,7 @@ class Study:
         methods = self.constant_methods(self._methods(self.small))
         stages = [self.probe_stage(), self.lr_stage(stage1), self.constant_stage(methods, stage2),
                   self.momentum_stage(self._method(methods, "dropout + max-norm")), self.final_stage(methods)]
-        return sum(self._steps(st.batches[b], m) for st in stages for b, m, _ in st.jobs())
+        return sum(sum(self._batch_steps(batch, batch.jobs())) for st in stages for batch in st.batches)
 
     def estimate(self) -> Estimate:
         """The plan's run-steps and their time on this machine: each distinct step shape (network,
@@ -389,18 +400,23 @@ class Study:
         steps_total, seconds, seen = 0, 0.0, set()
         for stage in self.plan():
             todo: dict[tuple, list[int]] = {}
-            for b, m, s in stage.jobs():
-                key = (stage.batches[b].data, m.name, run_key(m, self._data(stage.batches[b].data).spec, s))
-                if key in seen:  # the same run planned twice (a search's choice is a final run)
-                    continue
-                seen.add(key)
-                runs += 1
-                planned += self._steps(stage.batches[b], m)
-                if self._cached(stage.batches[b], m, s):
-                    cached += 1
-                    continue
-                shape = (m.model.hidden, m.train.batch_size, bool(m.model.dropout_hidden), m.train.epochs)
-                todo.setdefault(shape, []).append(self._steps(stage.batches[b], m))
+            for batch in stage.batches:
+                fresh, new = [], []  # the batch's runs not planned before, and those of them to train
+                for m, s in batch.jobs():
+                    key = (batch.data, m.name, run_key(m, self._data(batch.data).spec, s))
+                    if key in seen:  # the same run planned twice (a search's choice is a final run)
+                        continue
+                    seen.add(key)
+                    fresh.append((m, s))
+                    if self._cached(batch, m, s):
+                        cached += 1
+                    else:
+                        new.append((m, s))
+                runs += len(fresh)
+                planned += sum(self._batch_steps(batch, fresh))
+                for (m, _), steps in zip(new, self._batch_steps(batch, new)):
+                    shape = (m.model.hidden, m.train.batch_size, bool(m.model.dropout_hidden), m.train.epochs)
+                    todo.setdefault(shape, []).append(steps)
             for (hidden, batch, dropout, _), steps in todo.items():
                 together = min(MAX_TOGETHER, len(steps)) if on_gpu else 1
                 shape = (hidden, batch, dropout, together)

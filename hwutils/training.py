@@ -30,7 +30,7 @@ from .threads import TrainingThreads
 from .thresholds import AT_CAP, NEAR_ZERO
 
 __all__ = ["TrainConfig", "History", "fit", "fit_members", "train_step", "evaluate", "evaluate_members",
-           "step_seconds", "momentum_at", "largest_effective_step"]
+           "step_seconds", "momentum_at", "largest_effective_step", "trunk_config", "shared_prefix_epochs"]
 
 OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("constant", "cosine", "inverse_t")
@@ -424,6 +424,114 @@ def _at_run_precision(fit):
     return wrapped
 
 
+def trunk_config(config: TrainConfig) -> TrainConfig:
+    """``config`` without its L1: the run that one with L1 switched on late is until it switches on."""
+    return config.replace(l1=0.0, l1_last_fraction=1.0, l1_proximal=False)
+
+
+def shared_prefix_epochs(config: TrainConfig, dropout: bool = False) -> int:
+    """Epochs for which a run with ``config`` is the same run as its :func:`trunk_config` (same seed
+    and initial weights): until its L1 switches on (:class:`~hwutils.regularizers.L1Schedule`); 0
+    without late L1, and with dropout (whose masks depend on how many runs share a step)."""
+    if dropout:
+        return 0
+    return config.l1_schedule.start_epoch(config.epochs) if config.l1 else config.epochs
+
+
+@dataclass(frozen=True)
+class _Lanes:
+    """Which member each lane of a shared prefix stands for (:func:`fit_members`): ``lane[m]`` of
+    member m, ``heads[j]`` the first member of lane j, ``split`` the epochs the lanes train for."""
+
+    lane: tuple[int, ...]
+    heads: tuple[int, ...]
+    split: int
+
+
+def _shared_prefix(models, configs) -> _Lanes | None:
+    """Members that are the same run for their first epochs - the same trunk config (seed included),
+    the same initial weights, no dropout; so L2 and L2 + late L1 - as lanes, or None when none is shared."""
+    lanes: list[int] = []
+    heads: list[int] = []
+    for m, (model, config) in enumerate(zip(models, configs)):
+        if model.dropout_input or model.dropout_hidden:
+            lanes.append(len(heads))
+            heads.append(m)
+            continue
+        same = next((j for j, h in enumerate(heads)
+                     if trunk_config(configs[h]) == trunk_config(config) and not models[h].dropout_input
+                     and not models[h].dropout_hidden
+                     and all(torch.equal(a, b) for a, b in zip(models[h].state_dict().values(),
+                                                               model.state_dict().values()))), None)
+        if same is None:
+            same = len(heads)
+            heads.append(m)
+        lanes.append(same)
+    if len(heads) == len(models):
+        return None
+    shared = {j for j in lanes if lanes.count(j) > 1}
+    split = min(shared_prefix_epochs(configs[m]) for m, j in enumerate(lanes) if j in shared)
+    return _Lanes(tuple(lanes), tuple(heads), split) if split > 0 else None
+
+
+@dataclass
+class _Training:
+    """What one stretch of :func:`fit_members` trains: the stacked model of its members (or lanes),
+    their configs, optimizer, regularizers, minibatch generators, histories and best epochs."""
+
+    net: StackedMLP
+    configs: list
+    names: list
+    optimizer: "MemberOptimizer"
+    regularizers: list
+    shuffles: list
+    histories: list
+    best: list
+    active: list
+    base_lr: torch.Tensor
+    cap: torch.Tensor
+    step: object
+
+    @classmethod
+    def build(cls, models, configs, names, shuffles, train: Split, update, cuda_graph, steps: int):
+        device, k = train.X.device, len(models)
+        net = StackedMLP.from_models(models).to(device)
+        net.product_dtype = product_dtype(configs[0].precision, device)
+        regularizers = member_regularizers(configs, device)
+        optimizer = MemberOptimizer([*net.weights, *net.biases], configs, update)
+        base_lr = torch.tensor([float(c.lr) for c in configs], dtype=torch.float32)  # float32 whatever c.lr's type
+        cap = torch.tensor([math.inf if c.max_norm is None else c.max_norm for c in configs], device=device)
+        step = lambda idx, lr, momentum: train_step(net, train, idx, lr, regularizers, optimizer, momentum)
+        if cuda_graph is None:
+            cuda_graph = device.type == "cuda" and optimizer.kind == "sgd"
+        if cuda_graph:
+            step = _ReplayedStep(step, (k, configs[0].batch_size), k, device)
+        return cls(net, list(configs), list(names), optimizer, regularizers, list(shuffles),
+                   [History(steps_per_epoch=steps) for _ in configs], [(math.inf, None, 0)] * k, [True] * k,
+                   base_lr, cap, step)
+
+    @torch.no_grad()
+    def expand(self, lanes: _Lanes, models, configs, names, shuffles, train: Split, update, cuda_graph,
+               steps: int) -> "_Training":
+        """Every member from here on, each starting where its lane is: weights, optimizer state,
+        minibatch generator, history and best epoch copied from it."""
+        full = _Training.build(models, configs, names, shuffles, train, update, cuda_graph, steps)
+        index = torch.tensor(lanes.lane, device=train.X.device)
+        for mine, theirs in zip([*full.net.weights, *full.net.biases], [*self.net.weights, *self.net.biases]):
+            mine.copy_(theirs[index])
+        for mine, theirs in zip(full.optimizer.state, self.optimizer.state):
+            for a, b in zip(mine, theirs):
+                a.copy_(b[index])
+        full.optimizer.t = self.optimizer.t
+        for m, j in enumerate(lanes.lane):
+            full.shuffles[m].set_state(self.shuffles[j].get_state())
+            full.histories[m] = History.from_dict(self.histories[j].to_dict())
+            score, weights, since = self.best[j]
+            full.best[m] = (score, None if weights is None else [w.clone() for w in weights], since)
+            full.active[m] = self.active[j]
+        return full
+
+
 @_at_run_precision
 def fit_members(models, train: Split, val: Split, configs, *, names=None, progress: bool = True,
                 desc: str | None = None, on_nan: str = "raise", cuda_graph: bool | None = None,
@@ -436,6 +544,9 @@ def fit_members(models, train: Split, val: Split, configs, *, names=None, progre
     constants, learning rate and early stopping: a member that stops keeps its weights (learning
     rate 0) and gets its best epoch's weights back at the end. Dropout masks come from the global
     RNG, seeded with the first member's seed. Members must share epochs and batch size.
+    Members that are the same run for their first epochs (:func:`shared_prefix_epochs`: L2 and
+    L2 with L1 switched on late, same seed and initial weights) train those epochs once, as one
+    lane, and go on apart from the state it reached.
     ``on_nan``: "raise" stops everything with a :class:`FloatingPointError` naming the member
     (``names``) and its learning rate; "stop" freezes the diverged member and marks its History
     ``diverged`` (for learning-rate studies). ``cuda_graph``: capture the step as a CUDA graph
@@ -451,89 +562,91 @@ def fit_members(models, train: Split, val: Split, configs, *, names=None, progre
     if val.X.device != train.X.device:
         raise ValueError(f"train is on {train.X.device} but val is on {val.X.device}; put both on one device")
     names = list(names or [f"run {k}" for k in range(len(models))])
-    device, k = train.X.device, len(models)
+    device = train.X.device
     for model in models:  # trained where the data is, and left there (as fit leaves its model)
         model.to(device)
-    net = StackedMLP.from_models(models).to(device)
-    net.product_dtype = product_dtype(configs[0].precision, device)
-    regularizers = member_regularizers(configs, device)
-    optimizer = MemberOptimizer([*net.weights, *net.biases], configs, update)
     torch.manual_seed(configs[0].seed)
     shuffles = [torch.Generator().manual_seed(c.seed) for c in configs]
     epochs, bs, n = configs[0].epochs, configs[0].batch_size, len(train)
     steps = math.ceil(n / bs)
-    base_lr = torch.tensor([float(c.lr) for c in configs], dtype=torch.float32)  # float32 whatever c.lr's type
-    cap = torch.tensor([math.inf if c.max_norm is None else c.max_norm for c in configs], device=device)
-    step = lambda idx, lr, momentum: train_step(net, train, idx, lr, regularizers, optimizer, momentum)
-    if cuda_graph is None:
-        cuda_graph = device.type == "cuda" and optimizer.kind == "sgd"
-    if cuda_graph:
-        step = _ReplayedStep(step, (k, bs), k, device)
-    histories = [History(steps_per_epoch=steps) for _ in configs]
-    active = [True] * k
-    best = [(math.inf, None, 0)] * k                    # (score, weights, epochs since) per member
+    lanes = _shared_prefix(models, configs)
+    setup = dict(train=train, update=update, cuda_graph=cuda_graph, steps=steps)
+    if lanes is None:
+        run = _Training.build(models, configs, names, shuffles, **setup)
+    else:
+        heads = lanes.heads
+        run = _Training.build([models[h] for h in heads], [trunk_config(configs[h]) for h in heads],
+                              [names[h] for h in heads], [shuffles[h] for h in heads], **setup)
     bar = progress_bar(total=epochs, desc=desc or ", ".join(names), unit="epoch", disable=not progress)
     threads = TrainingThreads(device)  # on the CPU: as many as the cores other processes leave free
     for epoch in range(1, epochs + 1):
+        if lanes is not None and epoch == lanes.split + 1:
+            run, lanes = run.expand(lanes, models, configs, names, shuffles, **setup), None
         start = time.perf_counter()
-        net.train()
-        order = torch.stack([torch.randperm(n, generator=g) for g in shuffles]).to(device)
+        run.net.train()
+        k = len(run.configs)
+        order = torch.stack([torch.randperm(n, generator=g) for g in run.shuffles]).to(device)
         first = (epoch - 1) * steps
-        factors = torch.tensor([[_lr_factor(c, s, epochs * steps, steps) for c in configs]
+        factors = torch.tensor([[_lr_factor(c, s, epochs * steps, steps) for c in run.configs]
                                 for s in range(first, first + steps)], dtype=torch.float32)
-        lrs = (factors * base_lr * torch.tensor(active, dtype=torch.float32)).to(device).view(steps, k, 1, 1)
+        lrs = (factors * run.base_lr * torch.tensor(run.active, dtype=torch.float32)).to(device).view(steps, k, 1, 1)
         momenta = [None] * steps
-        if optimizer.ramps:  # the epoch's momenta, moved to the device at once (as its learning rates)
-            momenta = torch.tensor([[momentum_at(c, s) for c in configs] for s in range(first, first + steps)],
+        if run.optimizer.ramps:  # the epoch's momenta, moved to the device at once (as its learning rates)
+            momenta = torch.tensor([[momentum_at(c, s) for c in run.configs] for s in range(first, first + steps)],
                                    dtype=torch.float32).to(device).view(steps, k, 1, 1)
-        for r in regularizers:
+        for r in run.regularizers:
             r.start_epoch(epoch - 1, epochs)
         losses = torch.empty(steps, k, device=device)
         for b in range(steps):
             threads.adapt()  # re-decided at most every WINDOW_SECONDS: a neighbour may start mid-epoch
-            losses[b] = step(order[:, b * bs:(b + 1) * bs], lrs[b], momenta[b])
+            losses[b] = run.step(order[:, b * bs:(b + 1) * bs], lrs[b], momenta[b])
             if (first + b + 1) % SWEEP_EVERY == 0:  # outside the replayed step: the same on every device
-                optimizer.sweep_tiny_()
+                run.optimizer.sweep_tiny_()
+        net = run.net
         val_loss, val_error = evaluate_members(net, val)
-        penalty = sum(r.value(net.weights) for r in regularizers) + torch.zeros(k, device=device)
+        penalty = sum(r.value(net.weights) for r in run.regularizers) + torch.zeros(k, device=device)
         small = sum((w.abs() < NEAR_ZERO).sum((1, 2)) for w in net.weights) / sum(w[0].numel() for w in net.weights)
         norms = torch.cat([w.norm(dim=2) for w in net.weights[:-1]], 1)             # [K, hidden units]
-        at_cap = (norms >= AT_CAP * cap[:, None]).float().mean(1)
+        at_cap = (norms >= AT_CAP * run.cap[:, None]).float().mean(1)
         per_member = torch.cat([losses.T, torch.stack([val_loss, val_error, penalty, small, norms.max(1).values,
                                                        at_cap], 1)], 1)
         rows = per_member.tolist()                                           # the epoch's one host sync
         seconds = (time.perf_counter() - start) / k
         for m, row in enumerate(rows):
-            if not active[m]:
+            if not run.active[m]:
                 continue
             *iter_loss, v_loss, v_error, pen, small_m, max_norm_m, at_cap_m = row
-            h = histories[m]
+            h = run.histories[m]
             if not all(map(math.isfinite, iter_loss)):
                 if on_nan == "raise":
-                    raise FloatingPointError(f"{names[m]}: training loss became {iter_loss[-1]} in epoch {epoch}; "
-                                             f"lower the learning rate (lr={configs[m].lr:g})")
-                h.diverged, active[m] = True, False
+                    raise FloatingPointError(f"{run.names[m]}: training loss became {iter_loss[-1]} in epoch "
+                                             f"{epoch}; lower the learning rate (lr={run.configs[m].lr:g})")
+                h.diverged, run.active[m] = True, False
                 continue
             h.iter_loss += iter_loss
             h.record(train_loss=sum(iter_loss) / steps, penalty=pen, val_loss=v_loss, val_error=v_error,
                      lr=float(lrs[-1, m]), small_weights=small_m, max_unit_norm=max_norm_m, at_cap=at_cap_m,
                      epoch_seconds=seconds)
-            active[m] = _track_best(h, best, m, net, configs[m], epoch)
+            run.active[m] = _track_best(h, run.best, m, net, run.configs[m], epoch)
         if progress:
-            bar.set_postfix_str(f"val error {min(h.val_error[-1] for h in histories if h.val_error):.2%}"
-                                if any(h.val_error for h in histories) else "")
+            # refresh=False: the bar redraws at tqdm's own pace (mininterval), not at every epoch -
+            # in a Jupyter kernel each redraw is a message, and a 10 ms epoch of Part 2 took 1.7x as long
+            bar.set_postfix_str(f"val error {min(h.val_error[-1] for h in run.histories if h.val_error):.2%}"
+                                if any(h.val_error for h in run.histories) else "", refresh=False)
         bar.update()
-        if not any(active):
+        if not any(run.active):
             break
     bar.close()
     threads.restore()
+    if lanes is not None:  # every lane stopped before the split: each member ends where its lane did
+        run = run.expand(lanes, models, configs, names, shuffles, **setup)
     with torch.no_grad():
-        for m, (_, weights, _) in enumerate(best):
+        for m, (_, weights, _) in enumerate(run.best):
             if weights is not None:                                     # early stopping: best epoch back
-                for w, saved in zip([*net.weights, *net.biases], weights):
+                for w, saved in zip([*run.net.weights, *run.net.biases], weights):
                     w[m].copy_(saved)
-    net.copy_to(models)
-    return histories
+    run.net.copy_to(models)
+    return run.histories
 
 
 def _track_best(history: History, best: list, m: int, net: StackedMLP, config: TrainConfig, epoch: int) -> bool:

@@ -81,6 +81,68 @@ def test_members_with_the_authors_recipe_train_in_a_stack_as_they_do_alone(noisy
     assert histories["authors' recipe"].lr[-1] < 0.5 * PLAIN_MEMBERS["authors' recipe"].lr  # it decayed
 
 
+#: L2 and L2 with L1 switched on for the last quarter, one seed: the same run for 30 of 40 epochs.
+FORKS = {"L2": BASE.replace(l2=1e-3), "L2 + L1 1e-3": BASE.replace(l2=1e-3, l1=1e-3, l1_last_fraction=0.25),
+         "L2 + L1 1e-2": BASE.replace(l2=1e-3, l1=1e-2, l1_last_fraction=0.25)}
+
+
+def _counting_steps(monkeypatch) -> list[int]:
+    """The number of members of every training step from now on."""
+    from hwutils import training
+
+    members, real = [], training.train_step
+    monkeypatch.setattr(training, "train_step", lambda net, *a, **k: members.append(net.members) or real(net, *a, **k))
+    return members
+
+
+def test_runs_that_are_the_same_run_until_l1_switches_on_train_those_epochs_once(noisy, monkeypatch):
+    members = {**FORKS, "KL, another seed": BASE.replace(kl=0.05, kl_rho=0.1, seed=2)}
+    per_step = _counting_steps(monkeypatch)
+    models, histories = _train_together_and_alone(members, noisy, {})
+    steps = histories["L2"].steps_per_epoch
+    together = per_step[:len(per_step) - sum(BASE.epochs * steps for _ in members)]  # the steps alone come after
+    assert together == [2] * (30 * steps) + [4] * (10 * steps)  # two lanes (L2 and its forks, KL), then all four
+    first = histories["L2"].iter_loss[:30 * steps]
+    assert histories["L2 + L1 1e-3"].iter_loss[:30 * steps] == first == histories["L2 + L1 1e-2"].iter_loss[:30 * steps]
+    fork, l2 = histories["L2 + L1 1e-2"].penalty, histories["L2"].penalty
+    assert fork[:30] == l2[:30] and fork[30] > 2 * l2[30]  # the L1 term from epoch 31 on
+    assert not torch.equal(models["L2"].layers[0].weight, models["L2 + L1 1e-2"].layers[0].weight)
+
+
+def test_forks_whose_lane_stops_early_before_the_split_end_where_it_stopped(noisy):
+    early = {name: config.replace(patience=3) for name, config in FORKS.items()}
+    _, histories = _train_together_and_alone(early, noisy)
+    assert all(h.stopped_early and h.epochs_run < 30 for h in histories.values())
+
+
+def test_runs_share_no_epochs_with_dropout_other_initial_weights_or_l1_from_the_start(noisy):
+    from hwutils.training import _shared_prefix, shared_prefix_epochs
+
+    late = FORKS["L2 + L1 1e-3"]
+    assert shared_prefix_epochs(late) == 30 and shared_prefix_epochs(FORKS["L2"]) == 40
+    assert shared_prefix_epochs(late, dropout=True) == 0 and shared_prefix_epochs(BASE.replace(l1=1e-3)) == 0
+    configs = [FORKS["L2"], late]
+    assert _shared_prefix([_model(0), _model(0)], configs).lane == (0, 0)
+    assert _shared_prefix([_model(0), _model(1)], configs) is None                      # other initial weights
+    assert _shared_prefix([_model(0), _model(0)], [FORKS["L2"], BASE.replace(l2=1e-3, l1=1e-3)]) is None
+    dropped = [build_model(ModelConfig(hidden=(32, 32), dropout_hidden=0.5), 2, 2, seed=100) for _ in range(2)]
+    assert _shared_prefix(dropped, configs) is None
+
+
+def test_a_sweep_trains_l2_with_its_late_l1_forks_even_where_it_trains_runs_one_by_one(noisy, monkeypatch):
+    from hwutils.experiments import sweep_epochs
+
+    sizes = []
+    real = experiments.fit_members
+    monkeypatch.setattr(experiments, "fit_members", lambda models, *a, **k: sizes.append(len(models)) or real(models, *a, **k))
+    methods = [Method(name, ModelConfig(hidden=(32, 32)), config) for name, config in FORKS.items()]
+    methods.append(Method("KL", ModelConfig(hidden=(32, 32)), BASE.replace(kl=0.05)))
+    run_sweep(methods, noisy, seeds=(0, 1), results_dir=None, together=False, progress=False)
+    assert sorted(sizes) == [1, 1, 3, 3]  # per seed: L2 with its two forks, KL alone
+    jobs = [(m, s) for m in methods for s in (0, 1)]
+    assert sweep_epochs(jobs) == [40, 40, 10, 10, 10, 10, 40, 40]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_on_cuda_the_replayed_step_follows_the_momentum_ramp_and_the_learning_rate_as_eager_steps_do(noisy):
     from hwutils.data import Split

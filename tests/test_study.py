@@ -199,3 +199,20 @@ def test_a_grid_is_extended_where_its_edge_beats_its_neighbour_beyond_the_noise_
     _, table = search_choices([method], grid, same)
     (margin,) = edge_margins(table, grid, choices_at_edge(table, grid), n_val)
     assert margin["same"] and margin["extend"]
+
+
+def test_the_chosen_l2_trains_with_the_l1_constants_so_their_first_epochs_train_once():
+    from hwutils.study import Study
+
+    study = Study("quick", results_dir=None, progress=False)
+    _, stage2 = mnist_search_grids(study.sizes)
+    methods = study.constant_methods(study._methods(study.small))
+    batch, = study.constant_stage(methods, stage2).batches
+    names = [m.name for m, _ in batch.jobs()]
+    assert names.count("L2") == 1 and names.count("L2 + L1 (late)") == len(stage2["L2 + L1 (late)"][1])
+    per_epoch = math.ceil(50_000 / study.sizes.batch_size)
+    steps = dict(zip(names, study._batch_steps(batch, batch.jobs())))
+    l1_epochs = study.sizes.epochs - round(0.75 * study.sizes.epochs)  # L1 acts in the last quarter only
+    assert steps["L2"] == study.sizes.epochs * per_epoch and steps["L2 + L1 (late)"] == l1_epochs * per_epoch
+    assert steps["L2 + KL-sparsity"] == study.sizes.epochs * per_epoch
+    assert study.constant_stage(methods, stage2, round_=1).batches[0].methods[0].name != "L2"  # cached by then
