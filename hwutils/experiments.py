@@ -115,8 +115,9 @@ def run_sweep(methods, data: Splits, *, seeds=(0,),
     ``results_dir=None`` nothing is cached). Runs still to train that can share a step - same
     architecture, epochs, batch size and optimizer - are trained together as one stacked model
     (:func:`hwutils.training.fit_members`) where that pays: on a GPU, where one small network
-    leaves it idle (``together``; default: on CUDA). A run's result and cache entry do not depend
-    on what it was trained with. The validation error is that of the returned weights (the best
+    leaves it idle (``together``; default: on CUDA); runs that are the same run for their first
+    epochs (L2 and L2 with L1 switched on late, :func:`prefix_key`) train together everywhere, and
+    those epochs once. A run's result and cache entry do not depend on what it was trained with. The validation error is that of the returned weights (the best
     epoch's when early stopping restores them); the test error is measured once, at the end.
     ``on_nan``: "raise" stops at a diverged run, naming it; "stop" keeps it, marked diverged.
     ``evaluate_test=False`` leaves the test split untouched (test error NaN), as a search should.

@@ -35,10 +35,15 @@ class NotebookPlan:
     text: str
 
 
+def _point_cloud_runs(sizes) -> tuple[int, int, int]:
+    """Part 2's runs: (trained one by one, stacked in the λ search, stacked as proximal L1)."""
+    return 4 * len(sizes.seeds), (len(sizes.l1_grid) + len(sizes.l2_grid)) * len(sizes.sweep_seeds), len(sizes.seeds)
+
+
 def _point_cloud_steps(sizes, values: dict) -> tuple[int, int]:
     """Part 2: (runs, run-steps): the λ search, the four methods and proximal L1, every seed."""
     n_train, batch = values.get("n_train", 100), values.get("batch_size", 25)
-    runs = (len(sizes.l1_grid) + len(sizes.l2_grid)) * len(sizes.sweep_seeds) + 5 * len(sizes.seeds)
+    runs = sum(_point_cloud_runs(sizes))
     return runs, runs * sizes.epochs * math.ceil(n_train / batch)
 
 
@@ -48,23 +53,35 @@ def plan_of(notebook: Path, values: dict, notebooks_dir: Path) -> NotebookPlan |
     stem = Path(notebook).stem
     profile = values["profile"]
     if stem.startswith("02_"):
+        from .experiments import MAX_TOGETHER
         from .profiles import point_cloud_profile
+        from .threads import cpu_sample
         from .training import step_seconds
 
-        pick = {k: values.get(k) for k in ("epochs", "seeds", "l1_grid", "l2_grid")}
-        runs, steps = _point_cloud_steps(point_cloud_profile(profile, **pick), values)
-        _, own = _point_cloud_steps(point_cloud_profile(profile), {})
-        import torch
+        began = cpu_sample()
 
-        hidden, threads = tuple(values.get("hidden") or (256, 256)), torch.get_num_threads()
-        torch.set_num_threads(1)  # as the notebook trains these small networks
-        try:
-            step = step_seconds(hidden, values.get("batch_size", 25), in_features=2, classes=2, device="cpu")
-        finally:
-            torch.set_num_threads(threads)
-        seconds = steps * step
-        text = (f"Part 2: {1e3 * step:.2f} ms per training step measured just now; {runs} runs, {steps:,} "
-                f"run-steps: about {duration(seconds)} if none is cached.{busy_note()}")
+        pick = {k: values.get(k) for k in ("epochs", "seeds", "l1_grid", "l2_grid")}
+        sizes = point_cloud_profile(profile, **pick)
+        runs, steps = _point_cloud_steps(sizes, values)
+        _, own = _point_cloud_steps(point_cloud_profile(profile), {})
+        per_run = steps // max(runs, 1)
+        hidden, batch = tuple(values.get("hidden") or (256, 256)), values.get("batch_size", 25)
+        timed: dict[int, float] = {}
+
+        def step(k: int) -> float:  # seconds per step of k runs stacked, as the notebook trains them
+            if k not in timed:
+                timed[k] = step_seconds(hidden, batch, k, in_features=2, classes=2, device="cpu")
+            return timed[k]
+
+        alone, *stacked = _point_cloud_runs(sizes)
+        chunks = [min(MAX_TOGETHER, n - i) for n in stacked for i in range(0, n, MAX_TOGETHER)]
+        seconds = per_run * (alone * step(1) + sum(step(k) for k in chunks))
+        largest = max(chunks, default=1)
+        together = (f" ({largest} runs stacked, as the λ search trains them: {1e3 * step(largest) / largest:.2f} ms "
+                    f"per run)" if largest > 1 else "")
+        text = (f"Part 2: {1e3 * step(1):.2f} ms per training step measured just now{together}; {runs} runs, "
+                f"{steps:,} run-steps: about {duration(seconds)} if none is cached, validation passes "
+                f"aside.{busy_note(began)}")
         return NotebookPlan(stem, steps, steps, own, seconds, text)
     if stem.startswith("03_"):
         from .study import Study

@@ -136,9 +136,21 @@ def duration(seconds: float) -> str:
     return f"{seconds / 60:.0f} minutes" if seconds >= 90 else f"{seconds:.0f} s"
 
 
-def busy_note() -> str:
+def busy_note(since=None) -> str:
     """A sentence when other processes kept the CPU busy while the step was timed (the estimate
-    is then too high), else ""."""
+    is then too high), else "". ``since``: a :func:`hwutils.threads.cpu_sample` taken when the
+    timing began - the CPU that *other* processes took since then is what counts (the load average
+    would count this process's own work, and that of a notebook that trained just before); without
+    it (or without ``/proc/stat``), the load average."""
+    from .threads import busy_elsewhere, cpu_sample
+
+    now = cpu_sample() if since is not None else None
+    if now is not None:
+        taken, cores = busy_elsewhere(since, now), len(os.sched_getaffinity(0))
+        if taken < 0.5:
+            return ""
+        return (f" Other processes kept {taken:.1f} of the {cores} cores busy while this was measured, so the "
+                f"estimate is likely too high.")
     try:
         load, cores = os.getloadavg()[0], os.cpu_count() or 1
     except OSError:
@@ -391,8 +403,10 @@ class Study:
     def estimate(self) -> Estimate:
         """The plan's run-steps and their time on this machine: each distinct step shape (network,
         minibatch, dropout, runs stacked) is timed once, just now, on random data."""
+        from .threads import cpu_sample
         from .training import step_seconds
 
+        began = cpu_sample()
         on_gpu = self.data.train.X.device.type == "cuda"
         features, classes = self.data.n_features, self.data.n_classes
         timed: dict[tuple, float] = {}
@@ -432,7 +446,7 @@ class Study:
         extensions = (GRID_EXTENSIONS * sum(_runs_per_value(g) for g in stage1.values()) * len(self.small.seeds)
                       + FINAL_EXTENSIONS * sum(_runs_per_value(g) for g in stage2.values()) * len(self.sizes.seeds))
         self.last_estimate = Estimate(runs, cached, steps_total, planned, seconds, per_step, self.device_name,
-                                      max((shape[3] for shape in timed), default=1), extensions, busy_note())
+                                      max((shape[3] for shape in timed), default=1), extensions, busy_note(began))
         return self.last_estimate
 
     # ------------------------------------------------------------------ the stages' results

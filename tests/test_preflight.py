@@ -43,3 +43,19 @@ def test_part3_with_a_hundred_thousand_dropout_epochs_is_stopped_before_it_start
     with pytest.raises(report.ReportError, match="CONFIRM=1"):
         report.build("smoke")
     assert report.BUILD_STAMP.exists() == stamp  # a refused plan leaves the last good build's stamp alone
+
+
+def test_an_estimate_calls_the_machine_busy_only_for_cpu_that_other_processes_took_while_it_timed(monkeypatch):
+    import os
+
+    from hwutils import threads
+    from hwutils.study import busy_note
+
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.8, 1.8, 1.8))  # the notebook before us trained for minutes
+    since = threads.CpuSample(wall=0.0, busy=0.0, own=0.0)
+    ours = threads.CpuSample(wall=10.0, busy=19.0, own=18.5)           # 1.85 cores busy, nearly all of it ours
+    monkeypatch.setattr(threads, "cpu_sample", lambda cores=None: ours)
+    assert busy_note(since) == ""
+    theirs = threads.CpuSample(wall=10.0, busy=19.0, own=9.0)         # another process took a core
+    monkeypatch.setattr(threads, "cpu_sample", lambda cores=None: theirs)
+    assert "Other processes kept 1.0 of the" in busy_note(since)
