@@ -125,3 +125,13 @@ def test_the_point_cloud_set_up_table_reads_the_data_and_the_methods_it_describe
     assert settings["network"].startswith("2-16-16-2 ") and "moons" in settings["data"]
     assert "patience 7" in settings["early stopping"] and "learning rate 0.05" in settings["optimizer"]
     assert settings["λ₁ searched (L1)"] == "0.0001, 0.001"
+
+
+def test_part2_compares_methods_on_seeds_that_the_stacked_lambda_search_did_not_train():
+    # A search run trained stacked has no wall time of its own, and its validation error chose λ.
+    from hwutils.profiles import POINT_CLOUD_PROFILES, point_cloud_profile
+
+    for sizes in POINT_CLOUD_PROFILES.values():
+        assert not set(sizes.seeds) & set(sizes.sweep_seeds)
+    with pytest.raises(ValueError, match=r"seeds must not include the λ search's seeds \[100, 101, 102\] \(here 101\)"):
+        point_cloud_profile("quick", seeds=[0, 101])
