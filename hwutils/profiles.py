@@ -118,10 +118,10 @@ MNIST_PROFILES = {
     # within the binomial noise of one seed (2 s.e. about 0.3), and all six rows still agree with Table 9
     # within it. On a GPU, over 3 seeds, dropout's validation error went from about 1.45 % at 50 epochs to
     # 1.38 % at 80. Measured (2026-12-02, `make report` from an empty cache on a quiet 2-core host with a
-    # ceiling of 202 GFLOP/s before and 215 after): 29.7 min; Part 1 0.3, Part 2 3.6, Part 3 25.5 (the
-    # study 25.2: probes 0.8, the search with its one grid extension 4.9, the constants at the final
-    # budget with the chosen L2 4.6, the final stage - max-norm, the dropout methods, the control and the
-    # recipe - 14.6; its estimate said 20).
+    # ceiling of 145 GFLOP/s before and 204 after): 29.9 min; Part 1 0.3, Part 2 4.8, Part 3 24.3 (the
+    # study 24.0: probes 0.8, the search with its one grid extension 4.8, the constants at the final
+    # budget with the chosen L2 4.2, the final stage - max-norm, the dropout methods, the control and the
+    # recipe - 14.0; its estimate said 21).
     "quick": MnistProfile(hidden=(800, 800), epochs=20, dropout_epochs=50, search_train=10_000,
                           search_val=5_000, search_epochs=6, search_dropout_epochs=10, paper_b1=False),
     # A workstation or a small GPU: wider net, longer training, three seeds, the search on all data

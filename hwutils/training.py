@@ -431,8 +431,9 @@ def trunk_config(config: TrainConfig) -> TrainConfig:
 
 def shared_prefix_epochs(config: TrainConfig, dropout: bool = False) -> int:
     """Epochs for which a run with ``config`` is the same run as its :func:`trunk_config` (same seed
-    and initial weights): until its L1 switches on (:class:`~hwutils.regularizers.L1Schedule`); 0
-    without late L1, and with dropout (whose masks depend on how many runs share a step)."""
+    and initial weights): until its L1 switches on (:class:`~hwutils.regularizers.L1Schedule`); all
+    of them without L1; 0 with L1 from the start, and with dropout (whose masks depend on how many
+    runs share a step)."""
     if dropout:
         return 0
     return config.l1_schedule.start_epoch(config.epochs) if config.l1 else config.epochs
