@@ -117,8 +117,9 @@ def run_sweep(methods, data: Splits, *, seeds=(0,),
     (:func:`hwutils.training.fit_members`) where that pays: on a GPU, where one small network
     leaves it idle (``together``; default: on CUDA); runs that are the same run for their first
     epochs (L2 and L2 with L1 switched on late, :func:`prefix_key`) train together everywhere, and
-    those epochs once. A run's result and cache entry do not depend on what it was trained with. The validation error is that of the returned weights (the best
-    epoch's when early stopping restores them); the test error is measured once, at the end.
+    those epochs once. A run's result and cache entry do not depend on what it was trained with.
+    The validation error is that of the returned weights (the best epoch's when early stopping
+    restores them); the test error is measured once, at the end.
     ``on_nan``: "raise" stops at a diverged run, naming it; "stop" keeps it, marked diverged.
     ``evaluate_test=False`` leaves the test split untouched (test error NaN), as a search should.
     """
@@ -159,7 +160,7 @@ def prefix_key(method: Method, seed: int):
     """What decides the first epochs of a run that are the same run as others' (L2 and L2 with L1
     switched on late: :func:`hwutils.training.shared_prefix_epochs`); None for a run that shares none."""
     dropout = bool(method.model.dropout_input or method.model.dropout_hidden)
-    if dropout or shared_prefix_epochs(method.train) == 0:
+    if shared_prefix_epochs(method.train, dropout) == 0:
         return None
     return method.model, trunk_config(method.train.replace(seed=seed))
 
@@ -175,7 +176,7 @@ def sweep_epochs(jobs) -> list[int]:
             split[key] = min(split.get(key, method.train.epochs), shared_prefix_epochs(method.train))
     paid, out = set(), []
     for (method, _), key in zip(jobs, keys):
-        shared = 0 if key is None or key not in paid or keys.count(key) < 2 else split[key]
+        shared = 0 if key is None or key not in paid else split[key]
         paid.add(key)
         out.append(method.train.epochs - shared)
     return out

@@ -317,8 +317,8 @@ class Study:
         are it until their L1 switches on, so those epochs train once (:func:`~hwutils.experiments.prefix_key`)."""
         candidates = tuple(search_candidates(methods, grid))
         l2 = self._method(methods, "L2")
-        trunk = (l2,) if round_ == 0 and l2 not in candidates and any(
-            prefix_key(c, 0) is not None and prefix_key(c, 0) == prefix_key(l2, 0) for c in candidates) else ()
+        forks = any(prefix_key(c, 0) == prefix_key(l2, 0) for c in candidates)  # L2's key is never None
+        trunk = (l2,) if round_ == 0 and l2 not in candidates and forks else ()
         name = "constants at the final budget" + (f", grid extended ({round_})" if round_ else "")
         return Stage(name, (Batch("constants", trunk + candidates, self.sizes.seeds, "final"),))
 
