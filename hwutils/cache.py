@@ -4,11 +4,16 @@ A run is stored under ``<results_dir>/<method>-<key>.json`` and ``.pt``, where `
 of everything that decides its outcome (:func:`hwutils.experiments.run_key`).
 
 * A record proves what it is: it carries the record :data:`SCHEMA_VERSION`, its own ``key`` and
-  ``method`` (which must give back its file name) and the sha256 of its weight file
-  (``weights_sha256``; ``null`` for a run imported without weights, which then has no ``.pt``).
-  :func:`load_run` checks all of that, every field's type (:func:`check_record`) and, given the
-  run's model, that the weights fit its architecture - before anything is used. So a record or
-  weight file of another run in a run's place is never loaded under its name.
+  ``method`` (which must give back its file name), the sha256 of its weight file
+  (``weights_sha256``; ``null`` for a run imported without weights, which then has no ``.pt``) and
+  the sha256 of its own content (``record_sha256``: every number, the config, the history and
+  ``weights_sha256``). :func:`load_run` checks all of that, every field's type
+  (:func:`check_record`) and, given the run's model, that the weights fit its architecture - before
+  anything is used. So a record or weight file of another run in a run's place, or a record whose
+  numbers were edited, is never loaded under its name. A record is rewritten only whole and
+  re-sealed (:func:`update_record`).
+* A run's files are named by :func:`run_stem`: one file-name component made of the method's name
+  and the run's key, always inside the results folder, whatever the name (a bundle may carry any).
 * A cached run that fails any check or cannot be read never blocks a build: :func:`load_run`
   names it in one warning line, moves its files aside to ``<file>.corrupt`` (``<file>.stale`` for
   a record of an older schema) and returns ``None``, so the caller retrains that run.
@@ -32,6 +37,7 @@ import shutil
 import sys
 import tempfile
 import time
+import unicodedata
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -39,17 +45,20 @@ import torch
 
 from .training import History
 
-__all__ = ["SCHEMA_VERSION", "run_stem", "load_run", "save_run", "check_record", "atomic_write",
-           "temporary_beside", "check_writable", "write_failure", "full_disk", "CacheError", "RecordError",
-           "StaleRecordError"]
+__all__ = ["SCHEMA_VERSION", "MAX_NAME_CHARS", "run_stem", "load_run", "run_problem", "save_run", "update_record", "seal_record",
+           "canonical_sha256", "check_record", "atomic_write", "temporary_beside", "check_writable", "write_failure",
+           "full_disk", "CacheError", "RecordError", "StaleRecordError"]
 
 #: The format of a record. 2: records carry ``schema``, ``weights_sha256`` and are checked on load
-#: (records without ``schema`` are older: set aside as stale and retrained).
-SCHEMA_VERSION = 2
+#: (records without ``schema`` are older: set aside as stale and retrained). 3: and ``record_sha256``.
+SCHEMA_VERSION = 3
+#: The longest method name a run's file name is made of.
+MAX_NAME_CHARS = 120
 
 #: History fields a record must hold: without them the report cannot read the run.
 _HISTORY_REQUIRED = ("train_loss", "val_loss", "val_error", "epoch_seconds", "best_epoch")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_RUN_KEY = re.compile(r"[0-9a-f]{16}")
 _RESULTS_FIX = "or set results_dir to a folder elsewhere (e.g. -p results_dir /tmp/hw3-results)"
 
 
@@ -66,11 +75,41 @@ class StaleRecordError(RecordError):
 
 
 def run_stem(results_dir, method_name: str, key: str) -> Path:
-    """Path of a run's files without suffix: ``<results_dir>/<method>-<key>``. A dot in the name
-    becomes "_": the files are ``stem.with_suffix(".json")``, which would cut a name at its dot
-    ("paper's B.1") and so drop the key, and every seed's run would land in one file."""
+    """Path of a run's files without suffix: ``<results_dir>/<method>-<key>``, one file-name
+    component inside ``results_dir``. In the name a space becomes "_", "+" "p" and "." "_" (the
+    files are ``stem.with_suffix(".json")``, which would cut a name at its dot and so drop the key);
+    a name that could make a path - empty, with "/", "\\" or a control character, starting with "."
+    or "-", over :data:`MAX_NAME_CHARS` characters - or a key that is not 16 hex digits is a
+    one-line :class:`ValueError`."""
+    problem = _name_problem(method_name)
+    if problem:
+        raise ValueError(f"method name {_shown(method_name)} cannot name a run's files ({problem}): rename the "
+                         f"method (no / \\ or control characters, not starting with . or -, at most "
+                         f"{MAX_NAME_CHARS} characters)")
+    if not isinstance(key, str) or not _RUN_KEY.fullmatch(key):
+        raise ValueError(f"run key {_shown(key)} is not 16 hex digits: not a key hwutils.experiments.run_key gives")
     name = method_name.replace(' ', '_').replace('+', 'p').replace('.', '_')
-    return Path(results_dir) / f"{name}-{key}"
+    stem = Path(results_dir) / f"{name}-{key}"
+    root = Path(results_dir).resolve()
+    if not stem.resolve().is_relative_to(root):  # a link in the folder that points elsewhere
+        raise ValueError(f"the files of run {name}-{key} would lie outside {root}: remove that link there")
+    return stem
+
+
+def _name_problem(name) -> str | None:
+    """Why ``name`` cannot be made into a file name, or None."""
+    if not isinstance(name, str):
+        return f"it is not text but {_type_name(name)}"
+    if not name:
+        return "it is empty"
+    bad = next((c for c in name if c in "/\\" or unicodedata.category(c) in ("Cc", "Cs")), None)
+    if bad is not None:
+        return f"it contains {bad!r}"
+    if name[0] in ".-":
+        return f"it starts with {name[0]!r}"
+    if len(name) > MAX_NAME_CHARS:
+        return f"it has {len(name)} characters"
+    return None
 
 
 def _stem_key(stem: Path) -> str:
@@ -184,7 +223,8 @@ def _check_history(history: dict) -> None:
     fields = {f.name: f for f in dataclasses.fields(History)}
     unknown = sorted(set(history) - set(fields))
     if unknown:
-        raise RecordError(f"its history has unknown field(s) {', '.join(unknown)}")
+        names = ", ".join(n if n.isprintable() and len(n) <= 40 else _shown(n) for n in unknown)
+        raise RecordError(f"its history has unknown field(s) {names}")
     missing = [name for name in _HISTORY_REQUIRED if name not in history]
     if missing:
         raise RecordError(f"its history lacks {', '.join(missing)}")
@@ -209,7 +249,8 @@ def check_record(record, expected_key: str) -> None:
     and every field the report reads, of the right type - ``method`` (text), ``seed`` (integer),
     ``val_error`` (number), ``test_error`` (number or null), ``config`` (with ``model`` and
     ``train``), ``history`` (a :class:`~hwutils.training.History`), ``weights_sha256`` (64 hex
-    digits, or null for a run without weights). Other fields are allowed."""
+    digits, or null for a run without weights), and last ``record_sha256``, which must be the
+    sha256 of the rest of the record (:func:`seal_record`). Other fields are allowed."""
     if not isinstance(record, dict):
         raise RecordError(f"the record is a JSON {_type_name(record)}, not an object")
     if "schema" not in record:
@@ -223,7 +264,8 @@ def check_record(record, expected_key: str) -> None:
                                                                      "a number or null"),
              "config": (dict, "an object"), "history": (dict, "an object"),
              "weights_sha256": (lambda v: v is None or (isinstance(v, str) and _SHA256.fullmatch(v)),
-                                "64 hex digits or null")}
+                                "64 hex digits or null"),
+             "record_sha256": (lambda v: isinstance(v, str) and _SHA256.fullmatch(v), "64 hex digits")}
     missing = [name for name in kinds if name not in record]
     if missing:
         raise RecordError(f"lacks {', '.join(missing)}")
@@ -234,13 +276,36 @@ def check_record(record, expected_key: str) -> None:
         else:
             ok = kind(value)
         if not ok:
-            raise RecordError(f"its {name} is {_type_name(value)} {_shown(value)}, not {words}")
+            shown = "null" if value is None else f"{_type_name(value)} {_shown(value)}"
+            raise RecordError(f"its {name} is {shown}, not {words}")
     if record["key"] != expected_key:
-        raise RecordError(f"its key is {record['key']}, not {expected_key}: the record of another run")
+        raise RecordError(f"its key is {_shown(record['key'])}, not {expected_key}: the record of another run")
     for part in ("model", "train"):
         if not isinstance(record["config"].get(part), dict):
             raise RecordError(f"its config lacks the {part} settings")
     _check_history(record["history"])
+    if _record_digest(record) != record["record_sha256"]:
+        raise RecordError("its content does not match its record_sha256: edited or damaged")
+
+
+def canonical_sha256(value) -> str:
+    """The sha256 of ``value``'s canonical JSON (keys sorted, no spaces), as it reads back from a JSON
+    file (a tuple is a list, a key is text), so a value and its copy read back have one digest."""
+    value = json.loads(json.dumps(value))
+    return _digest(json.dumps(value, sort_keys=True, separators=(",", ":")).encode("utf-8"))
+
+
+def _record_digest(record: dict) -> str:
+    return canonical_sha256({k: v for k, v in record.items() if k != "record_sha256"})
+
+
+def seal_record(record: dict, weights_sha256: str | None) -> dict:
+    """``record`` as it is stored: with this :data:`SCHEMA_VERSION`, ``weights_sha256`` and the
+    ``record_sha256`` of all of that (any older ``record_sha256`` replaced)."""
+    sealed = {k: v for k, v in record.items() if k != "record_sha256"}
+    sealed.update(schema=SCHEMA_VERSION, weights_sha256=weights_sha256)
+    sealed["record_sha256"] = _record_digest(sealed)
+    return sealed
 
 
 def _digest(data: bytes) -> str:
@@ -268,8 +333,12 @@ def _read_run(stem: Path, model):
     except RecordError as err:
         what = "is unreadable" if not isinstance(record, dict) else "fails its check"
         raise _Unusable(json_path, f"{what} ({err})") from None
-    if run_stem(stem.parent, record["method"], record["key"]) != stem:
-        raise _Unusable(json_path, f"fails its check (it is the record of method {record['method']!r}, "
+    try:
+        own = run_stem(stem.parent, record["method"], record["key"])
+    except ValueError as err:
+        raise _Unusable(json_path, f"fails its check ({err})") from None
+    if own != stem:
+        raise _Unusable(json_path, f"fails its check (it is the record of method {_shown(record['method'])}, "
                                    f"not of this file's)")
     if record["weights_sha256"] is None:  # imported without weights
         return record, None
@@ -320,14 +389,16 @@ def _load_into(model: torch.nn.Module, state: Mapping, weights_path: Path) -> No
         raise _Unusable(weights_path, f"fails its check ({problem})")
 
 
-def load_run(stem: Path, model: torch.nn.Module | None = None):
+def load_run(stem: Path, model: torch.nn.Module | None = None, *, set_aside: bool = True):
     """``(record, state_dict)`` of a cached run, or ``None`` when it is not cached or unusable.
 
     ``state_dict`` is ``None`` for a run imported without weights (``weights_sha256`` null). With
     ``model``, the weights are also loaded into it, checked against its architecture. A run that
-    cannot be read or fails a check (:func:`check_record`, its file name, its weights' sha256, the
-    architecture) is named in one warning line on stderr and its files are renamed to
+    cannot be read or fails a check (:func:`check_record`, with its ``record_sha256``; its file name,
+    its weights' sha256, the architecture) is named in one warning line on stderr and its files are renamed to
     ``<file>.corrupt`` (a record of an older schema: ``<file>.stale``); the caller then retrains it.
+    ``set_aside=False`` (a dry command) leaves every file as it is and returns ``None`` without a word:
+    :func:`run_problem` says what is wrong.
     """
     stem = Path(stem)
     for attempt in range(2):
@@ -337,31 +408,53 @@ def load_run(stem: Path, model: torch.nn.Module | None = None):
             if bad.retry and attempt == 0:
                 time.sleep(0.1)  # a writer puts the weights first, the record a moment later
                 continue
-            _set_aside(bad, stem.with_suffix(".json"), stem.with_suffix(".pt"))
+            if set_aside:
+                _set_aside(bad, stem.with_suffix(".json"), stem.with_suffix(".pt"))
             return None
 
 
-def save_run(stem: Path, record: dict, state_dict: Mapping | None) -> None:
-    """Store a run: weights first, then the record, with ``schema`` and ``weights_sha256`` added
-    (``state_dict`` ``None``: a record without weights). A record that is not a valid record of
-    the run at ``stem`` is a :class:`RecordError`; a write that fails, a one-line :class:`CacheError`
-    (nothing half-written is left)."""
+def run_problem(stem: Path) -> str | None:
+    """Why the cached run at ``stem`` cannot be used ("not cached", or "<file> <problem>"), or None
+    when it can; reads only, changes nothing (for dry commands: estimates, plans, exports)."""
     stem = Path(stem)
-    record = {**record, "schema": SCHEMA_VERSION, "weights_sha256": None}
+    try:
+        found = _read_run(stem, None)
+    except _Unusable as bad:
+        return f"{bad.path.name} {bad.problem}"
+    return "not cached" if found is None else None
+
+
+def save_run(stem: Path, record: dict, state_dict: Mapping | None) -> None:
+    """Store a run: weights first, then the record, sealed (:func:`seal_record`; ``state_dict``
+    ``None``: a record without weights). A record that is not a valid record of the run at ``stem``
+    is a :class:`RecordError`; a write that fails, a one-line :class:`CacheError` (nothing
+    half-written is left)."""
     data = None
     if state_dict is not None:
         buffer = io.BytesIO()  # bytes, not a file: the same weights give the same bytes and digest
         torch.save(dict(state_dict), buffer)
         data = buffer.getvalue()
-        record["weights_sha256"] = _digest(data)
+    _store(Path(stem), seal_record(record, None if data is None else _digest(data)), data)
+
+
+def update_record(stem: Path, record: dict) -> None:
+    """Rewrite the record of the cached run at ``stem`` (with a test error or measurements added),
+    sealed again with its own ``weights_sha256`` (its weights are unchanged); errors as :func:`save_run`."""
+    if "weights_sha256" not in record:
+        raise RecordError("lacks weights_sha256: update the record load_run returned")
+    _store(Path(stem), seal_record(record, record["weights_sha256"]), None)
+
+
+def _store(stem: Path, record: dict, weights: bytes | None) -> None:
+    """Check the sealed ``record`` belongs at ``stem``, then write ``weights`` (if any) and it."""
     check_record(record, _stem_key(stem))
     if run_stem(stem.parent, record["method"], record["key"]) != stem:
         raise RecordError(f"a record of method {record['method']!r} does not belong at {stem}")
     text = json.dumps(record)
     try:
         stem.parent.mkdir(parents=True, exist_ok=True)
-        if data is not None:
-            atomic_write(stem.with_suffix(".pt"), lambda p: p.write_bytes(data))
+        if weights is not None:
+            atomic_write(stem.with_suffix(".pt"), lambda p: p.write_bytes(weights))
         atomic_write(stem.with_suffix(".json"), lambda p: p.write_text(text, encoding="utf-8"))
     except OSError as err:
         fix = "free some space there" if full_disk(err) else "make it writable"

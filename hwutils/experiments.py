@@ -1,4 +1,4 @@
-"""Experiments: methods as data, cached runs (method × data × seed), sweeps, the validation search.
+"""Experiments: methods as data, cached runs (method × data × seed), sweeps and their tables.
 
 A run is identified by a hash of everything that decides its outcome - the method's model and
 training configs, the data description and the seed. Its result (History, final validation and
@@ -8,29 +8,27 @@ only the runs it changes. ``force=True`` retrains.
 """
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import json
 import math
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
+import numpy as np
 import torch
 
-from .cache import atomic_write, load_run, run_stem, save_run
+from .cache import load_run, run_stem, save_run, update_record
 from .data import Splits
 from .diagnostics import MEASUREMENTS_VERSION, end_of_training
-from .models import ModelConfig, build_model
+from .models import ModelConfig, StackedMLP, build_model
 from .progress import progress_bar
-from .training import History, TrainConfig, evaluate, fit_members, shared_prefix_epochs, trunk_config
+from .training import History, TrainConfig, evaluate_members, fit_members, shared_prefix_epochs, trunk_config
 
 __all__ = [
-    "Method", "RunResult", "run", "run_sweep", "results_frame", "summarize", "search", "search_candidates",
-    "search_choices", "choices_at_edge", "edge_margins", "returned_val_loss",
-    "run_facts", "compare_to_noise", "ranking_text", "grid_fields", "prefix_key", "sweep_epochs",
-    "methods_frame",
-    "format_summary", "COLUMN_LABELS",
+    "Method", "RunResult", "run", "run_sweep", "run_key", "pack_wrong", "unpack_wrong", "results_frame",
+    "summarize", "run_facts", "prefix_key", "sweep_epochs", "methods_frame", "format_summary", "COLUMN_LABELS",
 ]
 
 #: Bump when a change to the training code changes results, so cached runs are not reused.
@@ -69,10 +67,27 @@ class RunResult:
     config: dict = field(default_factory=dict)
     model: torch.nn.Module | None = None
     measurements: dict = field(default_factory=dict)
+    val_wrong: np.ndarray | None = None   # which validation images the returned weights get wrong
+    test_wrong: np.ndarray | None = None  # which test images (None: not evaluated on the test split)
 
     @property
     def wall_seconds(self) -> float:
         return self.history.wall_seconds
+
+
+def pack_wrong(wrong) -> dict:
+    """Which images a run gets wrong, as a record keeps it: the count of images and one bit per
+    image, base64 (10,000 images: 1.7 kB of text)."""
+    bits = np.asarray(wrong, dtype=bool)
+    return {"n": int(bits.size), "bits": base64.b64encode(np.packbits(bits).tobytes()).decode("ascii")}
+
+
+def unpack_wrong(packed: dict | None) -> np.ndarray | None:
+    """The boolean per-image array of :func:`pack_wrong` (None stays None)."""
+    if packed is None:
+        return None
+    raw = np.frombuffer(base64.b64decode(packed["bits"]), dtype=np.uint8)
+    return np.unpackbits(raw, count=packed["n"]).astype(bool)
 
 
 #: Training fields added after runs were cached, with the value that trains exactly as before their
@@ -107,7 +122,7 @@ MAX_TOGETHER = 24
 def run_sweep(methods, data: Splits, *, seeds=(0,),
               results_dir: str | os.PathLike | None = "results", force: bool = False,
               progress: bool = True, together: bool | None = None, on_nan: str = "raise",
-              evaluate_test: bool = True, desc: str = "runs") -> list[RunResult]:
+              evaluate_test: bool = True, desc: str = "runs", train: bool = True) -> list[RunResult | None]:
     """Train every method with every seed (initial weights, shuffling, dropout) and evaluate it.
 
     ``data.spec`` describes the data (e.g. ``{"name": "mnist", "downsample": None, ...}``) and is
@@ -122,6 +137,8 @@ def run_sweep(methods, data: Splits, *, seeds=(0,),
     restores them); the test error is measured once, at the end.
     ``on_nan``: "raise" stops at a diverged run, naming it; "stop" keeps it, marked diverged.
     ``evaluate_test=False`` leaves the test split untouched (test error NaN), as a search should.
+    ``train=False`` (a dry command) trains nothing and writes nothing: a run that is not in the cache,
+    cannot be used, or lacks its test error comes back as None, and its files are left as they are.
     """
     spec = dict(data.spec)
     jobs = [(m, s) for m in methods for s in seeds]
@@ -131,13 +148,18 @@ def run_sweep(methods, data: Splits, *, seeds=(0,),
         stem = run_stem(results_dir, method.name, run_key(method, spec, seed)) if results_dir else None
         cached, model = None, build_model(method.model, data.n_features, data.n_classes)
         if stem is not None and not force:  # weights that do not fit this method's model are set aside
-            cached = load_run(stem, model)    # and weights that fit are loaded into it
+            cached = load_run(stem, model, set_aside=train)  # and weights that fit are loaded into it
         if cached is None:
             todo.append(i)
+        elif not train:
+            results[i] = None if _lacks(cached[0], evaluate_test) else _cached_result(
+                seed, data, cached[0], model if cached[1] is not None else None, False)
         else:
             results[i] = _cached_result(seed, data, cached[0], model if cached[1] is not None else None,
                                         evaluate_test)
             _bring_up_to_date(stem, cached[0], results[i], data, evaluate_test)
+    if not train:
+        return results
     if together is None:
         together = data.train.X.device.type == "cuda"
     groups = _groups([jobs[i] for i in todo], todo, together)
@@ -149,8 +171,9 @@ def run_sweep(methods, data: Splits, *, seeds=(0,),
         configs = [jobs[i][0].train.replace(seed=jobs[i][1]) for i in group]
         histories = fit_members(models, data.train, data.val, configs, names=names, progress=progress,
                                 desc=names[0] if len(names) == 1 else f"{len(names)} runs", on_nan=on_nan)
-        for i, model, history in zip(group, models, histories):
-            results[i] = _finish(*jobs[i], spec, data, model, history, results_dir, evaluate_test)
+        scores = _scores(models, data, evaluate_test)
+        for i, model, history, score in zip(group, models, histories, scores):
+            results[i] = _finish(*jobs[i], spec, data, model, history, results_dir, score)
         bar.update(len(group))
     bar.close()
     return results
@@ -208,11 +231,21 @@ def _cached_result(seed, data, record, model, evaluate_test: bool) -> RunResult:
     """A cached run's result; ``model`` holds its loaded weights (None: imported without them)."""
     if model is not None:
         model.to(data.train.X.device).eval()
-    test_error = record["test_error"]
+    wrong = record.get("wrong") or {}
+    test_error, test_wrong = record["test_error"], unpack_wrong(wrong.get("test"))
     if evaluate_test and not _finite(test_error) and model is not None:  # cached by a search
-        test_error = evaluate(model, data.test)[1]
+        score, = _scores([model], data, True)
+        test_error, test_wrong = score["test_error"], score["test_wrong"]
     return RunResult(record["method"], seed, record["key"], History.from_dict(record["history"]),
-                     record["val_error"], test_error, record["config"], model, record.get("measurements") or {})
+                     record["val_error"], test_error, record["config"], model, record.get("measurements") or {},
+                     unpack_wrong(wrong.get("val")), test_wrong)
+
+
+def _lacks(record: dict, evaluate_test: bool) -> bool:
+    """Whether a cached record lacks what this sweep needs of it: a test error, or this version's
+    measurements (a dry command cannot fill them in)."""
+    return ((evaluate_test and not _finite(record.get("test_error")))
+            or (record.get("measurements") or {}).get("version") != MEASUREMENTS_VERSION)
 
 
 def _bring_up_to_date(stem, record: dict, result: RunResult, data: Splits, evaluate_test: bool) -> None:
@@ -229,27 +262,44 @@ def _bring_up_to_date(stem, record: dict, result: RunResult, data: Splits, evalu
                            f"trained (python -m hwutils.study ...) and export the results again")
     if old:
         result.measurements = end_of_training(result.model, data.val.X)
-    atomic_write(Path(stem).with_suffix(".json"), lambda p: p.write_text(json.dumps(
-        {**record, "test_error": result.test_error, "measurements": result.measurements}), encoding="utf-8"))
+    update_record(stem, {**record, "test_error": result.test_error, "measurements": result.measurements,
+                         "wrong": _wrong_record(result.val_wrong, result.test_wrong)})
 
 
 def _finite(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
-def _finish(method, seed, spec, data, model, history, results_dir, evaluate_test: bool) -> RunResult:
-    """Evaluate a trained run, cache it, and return its result."""
-    _, val_error = evaluate(model, data.val)
-    test_error = evaluate(model, data.test)[1] if evaluate_test else math.nan
+def _scores(models, data: Splits, evaluate_test: bool) -> list[dict]:
+    """Per model: validation error and the images it gets wrong, and the same on the test split
+    (NaN and None without ``evaluate_test``) - evaluated stacked, all members in one pass a split."""
+    net = StackedMLP.from_models(models).to(data.train.X.device)
+    _, val_error, val_wrong = evaluate_members(net, data.val, wrong=True)
+    test_error, test_wrong = [math.nan] * len(models), [None] * len(models)
+    if evaluate_test:
+        _, test_error, test_wrong = evaluate_members(net, data.test, wrong=True)
+        test_error, test_wrong = test_error.tolist(), list(test_wrong.cpu().numpy())
+    return [{"val_error": v, "test_error": t, "val_wrong": vw, "test_wrong": tw}
+            for v, t, vw, tw in zip(val_error.tolist(), test_error, val_wrong.cpu().numpy(), test_wrong)]
+
+
+def _wrong_record(val_wrong, test_wrong) -> dict:
+    return {split: None if wrong is None else pack_wrong(wrong)
+            for split, wrong in (("val", val_wrong), ("test", test_wrong))}
+
+
+def _finish(method, seed, spec, data, model, history, results_dir, score: dict) -> RunResult:
+    """Cache a trained run with its :func:`_scores` and return its result."""
     model.eval()
     key, config = run_key(method, spec, seed), _config_record(method, spec)
     measurements = end_of_training(model, data.val.X)
     if results_dir:
-        record = {"method": method.name, "seed": seed, "key": key, "val_error": val_error,
-                  "test_error": test_error, "config": config, "history": history.to_dict(),
-                  "measurements": measurements}
+        record = {"method": method.name, "seed": seed, "key": key, "val_error": score["val_error"],
+                  "test_error": score["test_error"], "config": config, "history": history.to_dict(),
+                  "measurements": measurements, "wrong": _wrong_record(score["val_wrong"], score["test_wrong"])}
         save_run(run_stem(results_dir, method.name, key), record, model.state_dict())
-    return RunResult(method.name, seed, key, history, val_error, test_error, config, model, measurements)
+    return RunResult(method.name, seed, key, history, score["val_error"], score["test_error"], config, model,
+                     measurements, score["val_wrong"], score["test_wrong"])
 
 
 def results_frame(results) -> "pd.DataFrame":
@@ -273,120 +323,6 @@ def summarize(results, order=None) -> "pd.DataFrame":
     return summary
 
 
-def grid_fields(spec) -> dict:
-    """One method's entry of a :func:`search` grid as ``{field: values}``: ``("l2", (1e-5, 1e-4))``
-    and ``{"lr": (...), "l2": (...)}`` are both accepted there."""
-    return dict([spec]) if isinstance(spec, tuple) else dict(spec)
-
-
-def search(methods, grid: dict, data: Splits, *, seeds=(0,), **sweep_kwargs):
-    """Choose training constants per method on the validation split.
-
-    ``grid`` maps a method name to ``(field, values)``, e.g. ``{"L2": ("l2", (1e-5, 1e-4))}``, or
-    to ``{field: values, ...}`` to search several fields jointly (every combination), e.g.
-    ``{"max-norm": {"lr": (0.03, 0.1), "max_norm": (2.0, 3.0)}}``; methods not in it are kept as
-    they are. Every candidate (:func:`search_candidates`) is trained with every seed - all in one
-    :func:`run_sweep`, so they are cached like any run and trained together where that pays - and
-    :func:`search_choices` picks the combination with the lowest mean *validation* error.
-    """
-    candidates = search_candidates(methods, grid)
-    results = run_sweep(candidates, data, seeds=seeds, desc="search", evaluate_test=False, **sweep_kwargs)
-    return search_choices(methods, grid, results)
-
-
-def search_candidates(methods, grid: dict) -> list[Method]:
-    """Every combination of ``grid``'s values for each method it names (see :func:`search`)."""
-    import itertools
-
-    fields = {name: grid_fields(spec) for name, spec in grid.items()}
-    return [method.replace(**dict(zip(fields[method.name], combo)))
-            for method in methods if method.name in fields
-            for combo in itertools.product(*fields[method.name].values())]
-
-
-def search_choices(methods, grid: dict, results):
-    """The methods with the values ``grid``'s search chose from ``results`` (the trained
-    :func:`search_candidates`, any seeds): per method, the combination with the lowest mean
-    *validation* error (the test error is not looked at); among equal errors, the lowest mean
-    validation loss (the cross-entropy of the same models on the same images: a finer measure of
-    the same fit); only runs equal in both - where the constant did not act between the values, as a
-    max-norm radius that never binds - go to the smallest values. Also returns a table of the
-    search: one row per candidate and seed, a column per searched field, ``field``/``value`` for the
-    method's own constant (its first field other than ``lr``), ``val_error_pct``, ``val_loss`` (of
-    the model returned), ``diverged``, ``chosen``, the :func:`run_facts` and ``dead_pct`` (hidden
-    units that never fire on the validation images; NaN for a run that diverged)."""
-    import pandas as pd
-
-    fields = {name: grid_fields(spec) for name, spec in grid.items()}
-    rows = []
-    for r in results:
-        if r.method not in fields:
-            continue
-        own = next((f for f in fields[r.method] if f != "lr"), next(iter(fields[r.method])))
-        rows.append({"method": r.method, **{f: r.config["train"][f] for f in fields[r.method]}, "field": own,
-                     "value": r.config["train"][own], "seed": r.seed, "val_error_pct": 100 * r.val_error,
-                     "val_loss": returned_val_loss(r), "diverged": r.history.diverged, **run_facts(r),
-                     "dead_pct": math.nan if r.history.diverged else r.measurements["dead_pct"]})
-    table = pd.DataFrame(rows)
-    chosen = []
-    for method in methods:
-        if method.name not in fields:
-            chosen.append(method)
-            continue
-        names = list(fields[method.name])
-        mine = table[table["method"] == method.name]
-        means = mine.groupby(names)[["val_error_pct", "val_loss"]].mean().sort_index()  # equal in both → smallest
-        best = means.sort_values(["val_error_pct", "val_loss"], kind="stable").index[0]
-        best = best if len(names) > 1 else (best,)
-        plain = [v.item() if hasattr(v, "item") else v for v in best]  # numpy scalars → Python numbers
-        chosen.append(method.replace(**dict(zip(names, plain))))
-    if len(table):
-        by_name = {m.name: m for m in chosen}
-        table["chosen"] = [all(row[f] == getattr(by_name[row["method"]].train, f) for f in fields[row["method"]])
-                           for row in table.to_dict("records")]
-    return chosen, table
-
-
-def returned_val_loss(result: RunResult) -> float:
-    """The validation loss of the model a run returned: its best epoch's with early stopping (whose
-    weights it returns), else its last epoch's; NaN for a run that diverged or has no epoch."""
-    h = result.history
-    if h.diverged or not h.val_loss:
-        return math.nan
-    early = (result.config.get("train") or {}).get("patience") is not None and h.best_epoch
-    return h.val_loss[h.best_epoch - 1] if early else h.val_loss[-1]
-
-
-def edge_margins(table, grid: dict, edges, n_val: int, z: float = 2.0) -> list[dict]:
-    """For each choice at an edge of ``grid`` (:func:`choices_at_edge`), how it compares with its
-    neighbour inside the grid, the other searched fields as chosen: ``margin`` (points of validation
-    error by which the neighbour is worse), ``noise`` (``z`` binomial standard errors of that
-    difference on ``n_val`` images per seed: ``sqrt(p₁(1-p₁)/n + p₂(1-p₂)/n)``), ``same`` (the two
-    equal in mean validation error and loss: the field did not act between them) and ``extend``:
-    beyond the noise, or the same - where a value further out may still be better, or is where the
-    field starts to act. Within the noise the grid stops: validation could not tell a value beyond
-    the edge from it either."""
-    out = []
-    for name, field, value, side in edges:
-        mine = table[table["method"] == name]
-        chosen = mine[mine["chosen"]].iloc[0]
-        for other in grid_fields(grid[name]):
-            if other != field:
-                mine = mine[mine[other] == chosen[other]]
-        values = sorted(mine[field].unique())
-        inner = values[1] if side == "smallest" else values[-2]
-        here, there = mine[mine[field] == value], mine[mine[field] == inner]
-        p1, p2 = here["val_error_pct"].mean() / 100, there["val_error_pct"].mean() / 100
-        n = n_val * len(here)
-        noise = 100 * z * math.sqrt(p1 * (1 - p1) / n + p2 * (1 - p2) / n)
-        same = bool(p1 == p2 and here["val_loss"].mean() == there["val_loss"].mean())
-        margin = 100 * (p2 - p1)
-        out.append({"method": name, "field": field, "value": float(value), "side": side, "neighbour": float(inner),
-                    "margin": float(margin), "noise": float(noise), "same": same,
-                    "extend": bool(same or margin > noise)})
-    return out
-
-
 def run_facts(result: RunResult) -> dict:
     """What a run's last epoch says about its regularizers: near-zero weights (%), hidden units at
     the max-norm cap (%), the largest hidden unit's weight norm, and the largest fraction of units
@@ -395,59 +331,6 @@ def run_facts(result: RunResult) -> dict:
     last = lambda values: values[-1] if values else math.nan
     return {"near_zero_pct": 100 * last(h.small_weights), "at_cap_pct": 100 * last(h.at_cap),
             "max_unit_norm": last(h.max_unit_norm), "at_cap_peak_pct": 100 * max(h.at_cap, default=math.nan)}
-
-
-def compare_to_noise(results, n_test: int, z: float = 2.0) -> "pd.DataFrame":
-    """Every pair of methods: difference of test error (points) and whether it exceeds the noise.
-
-    With several seeds per method the difference is paired by seed (mean difference and its
-    standard error over seeds); with one seed, its standard error is the binomial one of two error
-    rates measured on ``n_test`` images, ``sqrt(p₁(1-p₁)/n + p₂(1-p₂)/n)`` (which ignores that both
-    see the same images, so it is if anything too large). ``exceeds_noise``: ``|difference| > z·s.e.``.
-    """
-    import itertools
-
-    import pandas as pd
-
-    frame = results_frame(results)
-    errors = frame.pivot_table(index="seed", columns="method", values="test_error_pct")
-    rows = []
-    for a, b in itertools.combinations(list(dict.fromkeys(frame["method"])), 2):
-        pair = errors[[a, b]].dropna()
-        diff = pair[b] - pair[a]
-        if len(pair) > 1:
-            se, basis = diff.std(ddof=1) / math.sqrt(len(pair)), f"paired over {len(pair)} seeds"
-        else:
-            pa, pb = pair[a].mean() / 100, pair[b].mean() / 100
-            se, basis = 100 * math.sqrt((pa * (1 - pa) + pb * (1 - pb)) / n_test), "binomial, one seed"
-        rows.append({"a": a, "b": b, "difference": diff.mean(), "se": se, "basis": basis,
-                     "exceeds_noise": abs(diff.mean()) > z * se})
-    return pd.DataFrame(rows)
-
-
-def ranking_text(summary, comparisons, column: str = "test_error_pct") -> str:
-    """Methods ordered by mean ``column``, joined by "<" where the step exceeds the noise of
-    :func:`compare_to_noise` and by "≈" where it does not."""
-    mean = summary[(column, "mean")].sort_values()
-    exceeds = {frozenset((r.a, r.b)): r.exceeds_noise for r in comparisons.itertuples()}
-    parts = [f"{mean.index[0]} ({mean.iloc[0]:.2f} %)"]
-    for prev, name in zip(mean.index[:-1], mean.index[1:]):
-        parts.append(("<" if exceeds[frozenset((prev, name))] else "≈") + f" {name} ({mean[name]:.2f} %)")
-    return " ".join(parts)
-
-
-def choices_at_edge(table, grid: dict) -> list[tuple[str, str, float, str]]:
-    """``(method, field, value, "smallest" | "largest")`` for each searched value that was chosen
-    at an edge of its grid (the optimum may lie beyond it)."""
-    edges = []
-    for name, spec in grid.items():
-        for searched, values in grid_fields(spec).items():
-            picked = table[(table["method"] == name) & table["chosen"]][searched]
-            if len(values) > 1 and len(picked):
-                value = picked.iloc[0]
-                if value in (min(values), max(values)):
-                    edges.append((name, searched, value, "smallest" if value == min(values) else "largest"))
-    return edges
 
 
 def format_summary(summary, digits: int = 2) -> "pd.DataFrame":

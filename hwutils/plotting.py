@@ -27,7 +27,7 @@ __all__ = [
     "plot_weight_histograms", "plot_error_bars", "plot_sweep", "plot_method_panels",
     "plot_unit_norms", "plot_activity", "plot_point_cloud", "plot_second_moment_check",
     "plot_second_moment_deviation", "plot_uncorrected_steps", "plot_nonstationary",
-    "plot_lr_study", "plot_l1_tradeoff",
+    "plot_lr_study", "plot_l1_tradeoff", "plot_paired_differences",
 ]
 
 #: Width (inches) of a figure that spans the text column: the PDF shows it at ≈ 6.3 in, so the
@@ -69,10 +69,14 @@ def use_style() -> None:
     """The report's one figure style, sized for the page (call once at the top of a notebook)."""
     sns.set_theme(style="whitegrid", context="paper", palette="colorblind")
     plt.rcParams.update({
-        "figure.dpi": 120, "savefig.dpi": 120, "figure.figsize": (PAGE_WIDTH, 3.2),
+        "figure.dpi": 120, "figure.figsize": (PAGE_WIDTH, 3.2),
         "figure.autolayout": False, "font.size": 10, "axes.titlesize": 10, "axes.labelsize": 9.5,
         "xtick.labelsize": 9, "ytick.labelsize": 9, "legend.fontsize": 8.5,
         "legend.title_fontsize": 8.5, "figure.titlesize": 11, "lines.linewidth": 1.5,
+        # Figures are SVG (hwutils.display.caption): text as paths (the same glyphs in every
+        # browser and in Typst), ids that do not change between runs; anything rasterized in
+        # them, and a figure that falls back to PNG, at print resolution.
+        "svg.fonttype": "path", "svg.hashsalt": "hw3", "savefig.dpi": 300,
     })
 
 
@@ -778,5 +782,30 @@ def plot_l1_tradeoff(table, title=None):
     ax.set(xlabel=f"weights with {near_zero_text()} at the end (%)", ylabel="validation error (%)",
            title=title or "What late L1 buys (sparsity) and costs (error)")
     ax.margins(x=0.15, y=0.15)
+    fig.tight_layout()
+    return fig
+
+
+def plot_paired_differences(table, title=None, split: str = "test"):
+    """One row per pair of a :func:`hwutils.stats.pairwise` table: the difference of error A − B
+    (points) with its paired 95 % interval, filled where Holm's correction resolves it; the zero line
+    is "no difference". Pairs are drawn in the table's order, the first at the top."""
+    n = len(table)
+    fig, ax = plt.subplots(figsize=(PAGE_WIDTH, 0.8 + 0.24 * n))
+    y = np.arange(n)[::-1]
+    for yi, row in zip(y, table.to_dict("records")):
+        color = PALETTE[3] if row["resolved"] else "#4d4d4d"
+        ax.plot([row["low"], row["high"]], [yi, yi], color=color, lw=1.4)
+        ax.plot(row["difference"], yi, "o", color=color, mfc=color if row["resolved"] else "white", ms=4.5)
+    ax.axvline(0.0, color="#999999", lw=0.8, ls="--")
+    ax.set_yticks(y, [f"{row['a']}  −  {row['b']}" for row in table.to_dict("records")], fontsize=8)
+    ax.set_ylim(-0.7, n - 0.3)
+    ax.set_xlabel(f"difference of {split} error, A − B (percentage points; 95 % paired interval)")
+    ax.grid(axis="y", visible=False)
+    handles = [plt.Line2D([], [], color=PALETTE[3], marker="o", lw=1.4, label="resolved (Holm)"),
+               plt.Line2D([], [], color="#4d4d4d", marker="o", mfc="white", lw=1.4, label="not resolved")]
+    ax.legend(handles=handles, loc="lower right", frameon=True)
+    if title:
+        ax.set_title(title)
     fig.tight_layout()
     return fig

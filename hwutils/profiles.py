@@ -19,7 +19,7 @@ __all__ = [
     "mnist_profile",
     "mnist_methods", "inherit_l2", "final_methods", "LONG_L2",
     "AUTHORS_RECIPE", "PAPER_B1", "AUTHORS_STEPS", "recipe_steps", "recipe_time_scale", "authors_recipe_methods",
-    "mnist_splits", "TABLE9_TEST_ERROR",
+    "mnist_splits", "TABLE9_TEST_ERROR", "DIAGNOSIS_LR_FROM", "WARMUP_PROBE", "PROBE_MOMENTUM",
     "PointCloudProfile", "POINT_CLOUD_PROFILES", "point_cloud_profile", "point_cloud_methods", "point_cloud_settings",
 ]
 
@@ -123,7 +123,7 @@ MNIST_PROFILES = {
     # budget with the chosen L2 4.2, the final stage - max-norm, the dropout methods, the control and the
     # recipe - 14.0; its estimate said 21).
     "quick": MnistProfile(hidden=(800, 800), epochs=20, dropout_epochs=50, search_train=10_000,
-                          search_val=5_000, search_epochs=6, search_dropout_epochs=10, paper_b1=False),
+                          search_epochs=6, search_dropout_epochs=10, paper_b1=False),
     # A workstation or a small GPU: wider net, longer training, three seeds, the search on all data
     # for half the epochs.
     "full": MnistProfile(hidden=(1024, 1024), epochs=40, dropout_epochs=200, seeds=(0, 1, 2),
@@ -160,6 +160,13 @@ MNIST_PROFILES = {
 #: learning rate 0.3 (momentum 0.9) leave up to about a third of the hidden units dead for good (a
 #: test in tests/test_study.py pins it), and how many die varies from seed to seed.
 WARMUP_EPOCHS = 1
+
+#: The learning rates of the input-scaling diagnosis: the first two of the grid at or above this.
+DIAGNOSIS_LR_FROM = 0.1
+#: The warm-up probe: L2 at this learning rate for this many epochs, these seeds.
+WARMUP_PROBE = {"lr": 0.3, "epochs": 2, "seeds": (0, 1, 2, 3)}
+#: The momentum probe: dropout + max-norm at a rate that kills units at momentum 0.9, with this momentum.
+PROBE_MOMENTUM = 0.5
 
 #: Each method's own constant, searched on the validation split together with the learning rate
 #: (L2 + L1 and L2 + KL inherit L2's chosen learning rate and λ₂ and search their own constant, at

@@ -13,7 +13,7 @@ properties that train what they need (or load it from the cache) and remember th
    (:attr:`Study.final`).
 
 The same stage builders make the plan that :meth:`Study.estimate` counts and that the headless
-runner (``python -m hwutils.study``, :mod:`hwutils.study_cli`) trains, in parts with ``--shard i/n``.
+runner (``python -m hwutils.study``, :mod:`hwutils.runner`) trains, in parts with ``--shard i/n``.
 Everything the report shows is read off the runs' records - History, errors and the end-of-training
 measurements (:func:`hwutils.diagnostics.end_of_training`) - so a study renders from a results
 folder imported from another machine (:mod:`hwutils.bundle`) without the weights.
@@ -27,27 +27,18 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from .cache import run_stem
-from .experiments import (MAX_TOGETHER, Method, choices_at_edge, edge_margins, grid_fields, prefix_key, run_key,
-                          run_sweep, search_candidates, search_choices, sweep_epochs)
-from .profiles import (authors_recipe_methods, final_methods, inherit_l2, mnist_methods, mnist_profile,
+from .cache import run_problem, run_stem
+from .experiments import MAX_TOGETHER, Method, run_key, run_sweep, sweep_epochs
+from .search import (FINAL_EXTENSIONS, GRID_EXTENSIONS, SearchOutcome, choices_at_edge, edge_decisions, extend_grid,
+                     grid_fields, own_field, runs_per_value, search_candidates, search_choices, switched_off,
+                     versus_reference)
+from .profiles import (DIAGNOSIS_LR_FROM, PROBE_MOMENTUM, WARMUP_PROBE, authors_recipe_methods, final_methods, inherit_l2, mnist_methods, mnist_profile,
                        mnist_search_grids, mnist_splits)
 
-__all__ = ["Study", "Stage", "Batch", "Estimate", "SearchOutcome", "shard_jobs", "busy_note", "duration",
-           "GRID_EXTENSIONS", "FINAL_EXTENSIONS"]
+__all__ = ["Study", "StudyResults", "Stage", "Batch", "Estimate", "shard_jobs", "busy_note", "duration", "ShardsPending",
+           "PENDING_EXIT"]
 
-#: How many times a search grid is extended outward, one step at a time, while its choice is at an edge:
-#: on the search data, and at the final budget (where each step costs full runs).
-GRID_EXTENSIONS = 2
-FINAL_EXTENSIONS = 1
-#: The learning rates of the input-scaling diagnosis: the first two of the grid at or above this.
-DIAGNOSIS_LR_FROM = 0.1
-#: The warm-up probe: L2 at this learning rate for this many epochs, these seeds.
-WARMUP_PROBE = {"lr": 0.3, "epochs": 2, "seeds": (0, 1, 2, 3)}
-#: The momentum probe: dropout + max-norm at a rate that kills units at momentum 0.9, with this momentum.
-PROBE_MOMENTUM = 0.5
 
 
 # --------------------------------------------------------------------------- the plan
@@ -107,6 +98,7 @@ class Estimate:
     together: int                  # runs per stacked step where that pays (1 on the CPU)
     extensions: int                # runs the grid extensions may add (not counted above)
     busy: str = ""                 # non-empty when the machine was busy while measuring
+    unusable: tuple = ()           # "file: problem" of cached runs that cannot be used (retrained)
 
     @property
     def minutes(self) -> float:
@@ -118,12 +110,17 @@ class Estimate:
         todo = self.runs - self.runs_cached
         extra = (f" Grid extensions, where a choice lands at an edge, may add up to {self.extensions} runs."
                  if self.extensions else "")
+        unusable = ""
+        if self.unusable:
+            unusable = (f" {len(self.unusable)} cached run{'s' if len(self.unusable) > 1 else ''} cannot be used "
+                        f"({'; '.join(self.unusable[:3])}{' ...' if len(self.unusable) > 3 else ''}): the next "
+                        f"train retrains {'them' if len(self.unusable) > 1 else 'it'}.")
         if todo == 0:
             return f"All {self.runs} runs of the plan are in the cache: nothing to train."
         return (f"Measured just now: {self.per_step_ms:.2f} ms per training step per run on {self.device}"
                 f"{stacked}.{self.busy} The plan has {self.runs} runs, {self.runs_cached} already in the cache; "
                 f"the {todo} to train need {_count(self.run_steps)} run-steps: about "
-                f"{duration(self.seconds)}, validation passes aside.{extra}")
+                f"{duration(self.seconds)}, validation passes aside.{extra}{unusable}")
 
 
 def _count(n: int) -> str:
@@ -161,6 +158,22 @@ def busy_note(since=None) -> str:
             f"estimate is likely too high.")
 
 
+class ShardsPending(RuntimeError):
+    """A shard has trained its part of a stage and the stage still lacks other shards' runs: the
+    message names the stage and the missing runs (the runner exits with :data:`PENDING_EXIT`)."""
+
+    def __init__(self, stage: str, missing, shard):
+        self.stage, self.missing = stage, list(missing)
+        first = ", ".join(f"{m.name} (seed {s})" for m, s in self.missing[:3])
+        more = f" and {len(self.missing) - 3} more" if len(self.missing) > 3 else ""
+        super().__init__(f"shard {shard[0] + 1}/{shard[1]}: its part of stage '{stage}' is done; the stage still "
+                         f"needs {len(self.missing)} runs from the other shards: {first}{more}")
+
+
+#: The runner's exit code when it waits for other shards' runs (EX_TEMPFAIL: run it again later).
+PENDING_EXIT = 75
+
+
 # --------------------------------------------------------------------------- the study
 class Study:
     """Part 3 at one profile: sizes, data, the cache, and each stage's results (computed once).
@@ -176,7 +189,7 @@ class Study:
 
     def __init__(self, profile: str = "quick", *, downsample=None, seeds=None, epochs=None,
                  dropout_epochs=None, hidden=None, lr_grid=None, results_dir="results", force: bool = False,
-                 progress: bool = True, device=None, shard: tuple[int, int] = (0, 1), wait_seconds: float = 10.0,
+                 progress: bool = True, device=None, shard: tuple[int, int] = (0, 1), wait_seconds: float = 60.0,
                  precision: str | None = None):
         from .data import default_device
         from .precision import neutral, use_products
@@ -189,6 +202,8 @@ class Study:
         self.results_dir, self.force, self.progress = results_dir, force, progress
         self.shard, self.wait_seconds = tuple(shard), wait_seconds
         self.stage_log: list[tuple[str, float]] = []  # (stage, seconds) as each completes
+        self.unusable: dict[str, str] = {}  # cached runs a dry walk found unusable: file name -> problem
+        self._probes = self._lr_search = self._constant_search = self._momentum_probe = self._final_batches = None
         self.last_estimate: Estimate | None = None     # what estimate() said, to set beside the time it took
         self.started = time.perf_counter()
         where = device or default_device()
@@ -222,6 +237,13 @@ class Study:
         return (torch.cuda.get_device_name(device) if device.type == "cuda"
                 else f"CPU, {torch.get_num_threads()} threads")
 
+    @property
+    def device_description(self) -> str:
+        """Where the runs train, with their products' precision: "CPU, 2 threads (FP32 matrix products)"."""
+        from .precision import describe
+
+        return f"{self.device_name} ({describe(self.precision, self.data.train.X.device)})"
+
     # ------------------------------------------------------------------ running a stage
     def _steps(self, batch: Batch, method: Method, epochs: int | None = None) -> int:
         """Run-steps of one run: epochs (``epochs``: those it trains itself, see
@@ -235,10 +257,10 @@ class Study:
         epochs some share counted once (:func:`~hwutils.experiments.sweep_epochs`)."""
         return [self._steps(batch, m, e) for (m, _), e in zip(jobs, sweep_epochs(jobs))]
 
-    def _sweep(self, batch: Batch, jobs=None) -> list:
+    def _sweep(self, batch: Batch, jobs=None, train: bool = True) -> list:
         methods, seeds = batch.methods, batch.seeds
         common = dict(results_dir=self.results_dir, force=self.force, progress=self.progress,
-                      on_nan=batch.on_nan, evaluate_test=batch.evaluate_test, desc=batch.label)
+                      on_nan=batch.on_nan, evaluate_test=batch.evaluate_test, desc=batch.label, train=train)
         if jobs is None:
             return run_sweep(methods, self._data(batch.data), seeds=seeds, **common)
         results = []
@@ -247,9 +269,23 @@ class Study:
             results += run_sweep(mine, self._data(batch.data), seeds=(seed,), **common)
         return results
 
+    def _stem(self, batch: Batch, method: Method, seed: int):
+        return run_stem(self.results_dir, method.name, run_key(method, self._data(batch.data).spec, seed))
+
     def _cached(self, batch: Batch, method: Method, seed: int) -> bool:
-        key = run_key(method, self._data(batch.data).spec, seed)
-        return bool(self.results_dir) and run_stem(self.results_dir, method.name, key).with_suffix(".json").exists()
+        """Whether the run's record is in the cache (a file test: cheap enough to poll)."""
+        return bool(self.results_dir) and self._stem(batch, method, seed).with_suffix(".json").exists()
+
+    def _usable(self, batch: Batch, method: Method, seed: int) -> bool:
+        """Whether the run is in the cache and passes every check, read without changing anything; a
+        run that is there but unusable is remembered in :attr:`unusable` (file name: problem)."""
+        if not self.results_dir:
+            return False
+        stem = self._stem(batch, method, seed)
+        problem = run_problem(stem)
+        if problem not in (None, "not cached"):
+            self.unusable[stem.name] = problem
+        return problem is None
 
     def complete(self, stage: Stage) -> list[list]:
         """Every run of ``stage``, trained or loaded: one list of results per batch. With a shard
@@ -269,17 +305,17 @@ class Study:
         return results
 
     def _wait_for(self, stage: Stage) -> None:
-        last = 0.0
+        """Return once every run of ``stage`` is in the cache; after ``wait_seconds`` without that,
+        :class:`ShardsPending` names the stage and the runs still missing (a shard never waits for ever:
+        the other shards may not be running, or may have died)."""
+        deadline = time.perf_counter() + self.wait_seconds
         while True:
             missing = [(m, s) for b, m, s in stage.jobs() if not self._cached(stage.batches[b], m, s)]
             if not missing:
                 return
-            if time.perf_counter() - last > 60:
-                print(f"shard {self.shard[0] + 1}/{self.shard[1]}: waiting for {len(missing)} runs of stage "
-                      f"'{stage.name}' from the other shards (first: {missing[0][0].name}, seed {missing[0][1]})",
-                      flush=True)
-                last = time.perf_counter()
-            time.sleep(self.wait_seconds)
+            if time.perf_counter() >= deadline:
+                raise ShardsPending(stage.name, missing, self.shard)
+            time.sleep(min(2.0, max(0.0, deadline - time.perf_counter())))
 
     # ------------------------------------------------------------------ stage builders (the plan)
     def probe_stage(self) -> Stage:
@@ -299,7 +335,8 @@ class Study:
 
     def lr_stage(self, grid: dict, round_: int = 0) -> Stage:
         """Learning rate x constant for the methods of the learning-rate study, on the search data."""
-        candidates = tuple(search_candidates(self._methods(self.small), grid))
+        methods = self._methods(self.small)
+        candidates = tuple(search_candidates(methods, grid, self.references(methods, grid)))
         name = "learning rates" + (f", grid extended ({round_})" if round_ else "")
         return Stage(name, (Batch("search", candidates, self.small.seeds, "search", on_nan="stop"),))
 
@@ -312,15 +349,30 @@ class Study:
         return [m.replace(epochs=budget[m.name]) for m in inherit_l2(lr_chosen, l2)]
 
     def constant_stage(self, methods, grid: dict, round_: int = 0) -> Stage:
-        """The constants searched at the final budget (all training images, the final epochs). The
-        chosen L2 at the final budget trains with them - it is a final run, and L2 + L1's candidates
-        are it until their L1 switches on, so those epochs train once (:func:`~hwutils.experiments.prefix_key`)."""
-        candidates = tuple(search_candidates(methods, grid))
-        l2 = self._method(methods, "L2")
-        forks = any(prefix_key(c, 0) == prefix_key(l2, 0) for c in candidates)  # L2's key is never None
-        trunk = (l2,) if round_ == 0 and l2 not in candidates and forks else ()
+        """The constants searched at the final budget (all training images, the final epochs), with
+        their references. The chosen L2 at the final budget is L2 + L1's and L2 + KL's reference and a
+        final run, and L2 + L1's candidates are it until their L1 switches on, so those epochs train
+        once (:func:`~hwutils.experiments.prefix_key`)."""
+        candidates = tuple(search_candidates(methods, grid, self.references(methods, grid)))
         name = "constants at the final budget" + (f", grid extended ({round_})" if round_ else "")
-        return Stage(name, (Batch("constants", trunk + candidates, self.sizes.seeds, "final"),))
+        return Stage(name, (Batch("constants", candidates, self.sizes.seeds, "final"),))
+
+    def references(self, methods, grid: dict) -> dict:
+        """Each searched method's reference, its regularizer switched off, at every learning rate its
+        grid tries: L2 for L2 + L1 and L2 + KL; for the others the same network without the
+        constraint or penalty - "no regularizer" (L2's and max-norm's, one run) or "dropout alone"."""
+        out = {}
+        for method in methods:
+            if method.name not in grid:
+                continue
+            if method.name.startswith("L2 +"):
+                out[method.name] = [self._method(methods, "L2")]
+                continue
+            fields = grid_fields(grid[method.name])
+            dropout = bool(method.model.dropout_input or method.model.dropout_hidden)
+            off = switched_off(method, own_field(fields), "dropout alone" if dropout else "no regularizer")
+            out[method.name] = [off.replace(lr=lr) for lr in fields.get("lr", (method.train.lr,))]
+        return out
 
     def momentum_stage(self, dropout_max_norm: Method) -> Stage:
         """Dropout + max-norm at a rate that kills units with momentum 0.9, with momentum 0.5."""
@@ -422,7 +474,7 @@ class Study:
                         continue
                     seen.add(key)
                     fresh.append((m, s))
-                    if self._cached(batch, m, s):
+                    if self._usable(batch, m, s):
                         cached += 1
                     else:
                         new.append((m, s))
@@ -443,32 +495,62 @@ class Study:
         largest = max(timed, key=lambda shape: math.prod(shape[0]), default=None)
         per_step = 1e3 * timed[largest] if largest else 0.0
         stage1, stage2 = mnist_search_grids(self.sizes)
-        extensions = (GRID_EXTENSIONS * sum(_runs_per_value(g) for g in stage1.values()) * len(self.small.seeds)
-                      + FINAL_EXTENSIONS * sum(_runs_per_value(g) for g in stage2.values()) * len(self.sizes.seeds))
+        extensions = (GRID_EXTENSIONS * sum(runs_per_value(g) for g in stage1.values()) * len(self.small.seeds)
+                      + FINAL_EXTENSIONS * sum(runs_per_value(g) for g in stage2.values()) * len(self.sizes.seeds))
         self.last_estimate = Estimate(runs, cached, steps_total, planned, seconds, per_step, self.device_name,
-                                      max((shape[3] for shape in timed), default=1), extensions, busy_note(began))
+                                      max((shape[3] for shape in timed), default=1), extensions, busy_note(began),
+                                      tuple(self.unusable.values()))
         return self.last_estimate
 
-    # ------------------------------------------------------------------ the stages' results
-    @functools.cached_property
-    def probes(self) -> list[list]:
-        return self.complete(self.probe_stage())
+    # ------------------------------------------------------------------ the stages: each trains or loads its runs
+    def train_probes(self) -> list[list]:
+        """Stage 1: the input-scaling diagnosis and the warm-up probe (four lists of runs)."""
+        if self._probes is None:
+            self._probes = self.complete(self.probe_stage())
+        return self._probes
 
-    @functools.cached_property
-    def lr_search(self) -> "SearchOutcome":
+    def search_learning_rates(self) -> SearchOutcome:
         """Stage 2: learning rate x constant on the search data, extended while a choice is at an edge."""
-        stage1, _ = mnist_search_grids(self.sizes)
-        return self._search(self._methods(self.small), stage1, self.lr_stage, "search data")
+        if self._lr_search is None:
+            stage1, _ = mnist_search_grids(self.sizes)
+            self._lr_search = self._search(self._methods(self.small), stage1, self.lr_stage, "search data")
+        return self._lr_search
 
-    @functools.cached_property
-    def constant_search(self) -> "SearchOutcome":
+    def search_constants(self) -> SearchOutcome:
         """Stage 3: L1 and KL on the chosen L2, and the constants that tied on the search data, at
-        the final budget; the chosen runs are the final runs."""
-        _, stage2 = mnist_search_grids(self.sizes)
-        methods = self.constant_methods(self.lr_search.chosen)
-        grid = {**stage2, **self.lr_search.tied}
-        return self._search(methods, grid, lambda g, r: self.constant_stage(methods, g, r), "final budget",
-                            FINAL_EXTENSIONS)
+        the final budget; the chosen runs are final runs."""
+        if self._constant_search is None:
+            lr_search = self.search_learning_rates()
+            _, stage2 = mnist_search_grids(self.sizes)
+            methods = self.constant_methods(lr_search.chosen)
+            grid = {**stage2, **lr_search.tied}
+            self._constant_search = self._search(methods, grid, lambda g, r: self.constant_stage(methods, g, r),
+                                                 "final budget", FINAL_EXTENSIONS)
+        return self._constant_search
+
+    def train_momentum_probe(self):
+        """Stage 4: dropout + max-norm at a rate that kills units, with a lower momentum (one run)."""
+        if self._momentum_probe is None:
+            self._momentum_probe = self.complete(self.momentum_stage(self.chosen_method("dropout + max-norm")))[0][0]
+        return self._momentum_probe
+
+    def train_final(self) -> list:
+        """Stage 5: the six methods at the final budget and the control (every seed), and the authors'
+        recipe; returns the final runs (the recipe's: :meth:`results`)."""
+        if self._final_batches is None:
+            self._final_batches = self.complete(self.final_stage(self.chosen))
+        return [r for batch in self._final_batches[:-1] for r in batch]
+
+    def run(self) -> "StudyResults":
+        """Every stage in order, trained or loaded - what the headless runner does - as plain data."""
+        self.train_probes()
+        self.search_learning_rates()
+        self.search_constants()
+        self.train_momentum_probe()
+        self.train_final()
+        return self.results()
+
+    train_all = run
 
     def _search(self, methods, grid: dict, stage_of, where: str, extensions: int = GRID_EXTENSIONS):
         _, outcome = self._search_rounds(methods, grid, stage_of, dry=False, extensions=extensions)
@@ -477,311 +559,100 @@ class Study:
 
     def _search_rounds(self, methods, grid: dict, stage_of, dry: bool, extensions: int = GRID_EXTENSIONS):
         """The search's stages - its grid, then the grid extended while a choice is at an edge and
-        beats its neighbour beyond the noise, or equals it (:func:`~hwutils.experiments.edge_margins`;
+        beats its neighbour on the paired test, or equals it (:func:`~hwutils.search.edge_decisions`;
         at most ``extensions`` times) - and its outcome. ``dry``: train nothing; stop at the first
         round not in the cache (its outcome is then None)."""
         base, stages = grid, []
         for round_ in range(extensions + 1):
             stage = stage_of(grid, round_)
             stages.append(stage)
-            if dry and not all(self._cached(stage.batches[b], m, s) for b, m, s in stage.jobs()):
+            if dry and not all(self._usable(stage.batches[b], m, s) for b, m, s in stage.jobs()):
                 return stages, None
-            results, = self.complete(stage) if not dry else [self._sweep(b) for b in stage.batches]
-            chosen, table = search_choices(methods, grid, results)
+            results, = self.complete(stage) if not dry else [self._sweep(b, train=False) for b in stage.batches]
+            if any(r is None for r in results):  # dry, and a record lacks what the search reads
+                return stages, None
+            chosen, table = search_choices(methods, grid, results, self.references(methods, grid))
             edges = choices_at_edge(table, grid)
-            margins = edge_margins(table, grid, edges, len(self._data(stage.batches[0].data).val))
-            wider = _extend(grid, base, [e for e, m in zip(edges, margins) if m["extend"]], extensions) \
+            decisions = edge_decisions(table, grid, edges, results)
+            wider = extend_grid(grid, base, [e for e, d in zip(edges, decisions) if d["extend"]], extensions) \
                 if round_ < extensions else None
             if wider is None:
                 break
             grid = wider
-        return stages, SearchOutcome(chosen, table, grid, base, edges, stages, "", results, margins)
+        return stages, SearchOutcome(chosen, table, grid, base, edges, stages, "", results, decisions,
+                                     versus_reference(table, results))
 
-    @functools.cached_property
-    def momentum_probe(self):
-        return self.complete(self.momentum_stage(self.chosen_method("dropout + max-norm")))[0][0]
-
-    @functools.cached_property
+    @property
     def chosen(self) -> list[Method]:
         """Every method with the learning rate and constant the search chose (at the search's budget)."""
-        by_name = {m.name: m for m in self.constant_search.chosen}
-        return [by_name.get(m.name, m) for m in self.lr_search.chosen]
+        by_name = {m.name: m for m in self.search_constants().chosen}
+        return [by_name.get(m.name, m) for m in self.search_learning_rates().chosen]
 
     def chosen_method(self, name: str) -> Method:
         return self._method(self.chosen, name)
 
-    @functools.cached_property
-    def _final_batches(self) -> list[list]:
-        return self.complete(self.final_stage(self.chosen))
-
-    @property
-    def final(self) -> list:
-        """The final runs: the six methods at the final budget and the control, every seed."""
-        return [r for batch in self._final_batches[:-1] for r in batch]
-
-    @property
-    def recipe(self) -> list:
-        """The authors'-recipe runs, every seed."""
-        return self._final_batches[-1]
-
-    def train_all(self) -> None:
-        """Every stage in order - what the headless runner does."""
-        self.probes, self.lr_search, self.constant_search, self.momentum_probe, self.final  # noqa: B018
-
-    # ------------------------------------------------------------------ names
     @property
     def method_names(self) -> list[str]:
         return [m.name for m in final_methods(self.sizes, mnist_methods(self.sizes))]
+
+    def results(self) -> "StudyResults":
+        """Every stage's runs as plain data (training what is not done yet): what the report's tables,
+        sentences and figures read (:mod:`hwutils.findings`), without the data or the cache."""
+        self.train_final()
+        data, search = self.data, self.search_data
+        norms = {"[0, 1]": float(search.train.X.norm(dim=1).mean()),
+                 "standardized": float(self.standardized_data.train.X.norm(dim=1).mean()),
+                 "background": float(self.standardized_data.train.X.min())}
+        return StudyResults(
+            profile=self.profile, sizes=self.sizes, small=self.small, probes=self.train_probes(),
+            lr_search=self.search_learning_rates(), constant_search=self.search_constants(),
+            momentum_probe=self.train_momentum_probe(), final=self.train_final(), recipe=self._final_batches[-1],
+            chosen=self.chosen, method_names=self.method_names, recipe_methods=self.recipe_methods,
+            high_lr=self.high_lr, device=self.device_description,
+            images={"train": len(data.train), "val": len(data.val), "test": len(data.test),
+                    "search train": len(search.train), "search val": len(search.val)},
+            network=(data.n_features, *self.sizes.hidden, data.n_classes),
+            input_norms=norms, stage_seconds=dict(self.stage_log), results_dir=self.results_dir,
+            seconds_so_far=time.perf_counter() - self.started, estimate=self.last_estimate)
+
+
+@dataclass
+class StudyResults:
+    """A study's runs and choices as plain data - no data sets, no cache, no training: what the
+    report reads (:mod:`hwutils.findings`), and what a test can build by hand."""
+
+    profile: str
+    sizes: object                  # the profile (hwutils.profiles.MnistProfile) of the final runs
+    small: object                  # ... and of the search
+    probes: list                   # four lists of runs: diagnosis [0, 1], standardized; warm-up without, with
+    lr_search: SearchOutcome
+    constant_search: SearchOutcome
+    momentum_probe: object         # one run
+    final: list                    # the six methods and the control, every seed
+    recipe: list                   # the authors' recipe, every seed
+    chosen: list                   # every method with its chosen constants (search budget)
+    method_names: list
+    recipe_methods: list
+    high_lr: float
+    device: str                    # where it trained, with its products' precision
+    images: dict                   # images per split: train, val, test, search train, search val
+    network: tuple = ()            # the widths of the final runs' layers, inputs to classes
+    input_norms: dict = field(default_factory=dict)  # mean |x| of [0, 1] and standardized pixels, background
+    stage_seconds: dict = field(default_factory=dict)  # wall time of each stage trained in this process
+    results_dir: object = None
+    seconds_so_far: float = 0.0    # this process's wall time when the results were read
+    estimate: object = None        # what the estimate before training said (hwutils.study.Estimate)
+
+    def chosen_method(self, name: str):
+        """The method ``name`` with its chosen learning rate and constant."""
+        return next(m for m in self.chosen if m.name == name)
 
     def first_seed(self) -> dict:
         """The final run of each method with the first seed."""
         return {r.method: r for r in self.final if r.seed == self.sizes.seeds[0]}
 
 
-def _runs_per_value(spec) -> int:
-    """Runs one more value of a grid's field adds: the combinations of the other fields (the largest)."""
-    fields = grid_fields(spec)
-    return max(math.prod(len(v) for g, v in fields.items() if g != f) for f in fields)
+if __name__ == "__main__":  # python -m hwutils.study: the headless runner (hwutils.runner)
+    from hwutils.runner import main
 
-
-def _extend(grid: dict, base: dict, edges, extensions: int = GRID_EXTENSIONS) -> dict | None:
-    """``grid`` with one more value beyond each chosen edge (the ratio of the two outermost values),
-    at most ``extensions`` steps beyond ``base``; None when nothing is extended."""
-    wider = {name: grid_fields(spec) for name, spec in grid.items()}
-    changed = False
-    for name, field, value, side in edges:
-        values = sorted(wider[name][field])
-        original = sorted(grid_fields(base[name])[field])
-        if len(values) - len(original) >= extensions:
-            continue
-        step = values[1] / values[0] if side == "smallest" else values[-1] / values[-2]
-        new = values[0] / step if side == "smallest" else values[-1] * step
-        wider[name][field] = tuple(sorted((*values, float(f"{new:.3g}"))))
-        changed = True
-    return wider if changed else None
-
-
-@dataclass
-class SearchOutcome:
-    """A search's result: the chosen methods, the table of every candidate, the grid as finally
-    searched and as first planned, the choices at an edge of the final grid, its stages, where it
-    ran, and the candidates' runs."""
-
-    chosen: list
-    table: "pd.DataFrame"
-    grid: dict
-    base: dict
-    edges: list
-    stages: list
-    where: str
-    results: list
-    margins: list = field(default_factory=list)  # edge_margins of the edges, in their order
-
-    @property
-    def tied(self) -> dict:
-        """``{method: (field, values)}`` for each method whose lowest validation error and loss at
-        the chosen learning rate are shared by several values of its own constant: runs the same in
-        both, where the constant did not act between those values (as a max-norm radius that never
-        binds), so that validation cannot choose among them."""
-        out = {}
-        for name, spec in self.grid.items():
-            fields = grid_fields(spec)
-            own = next((f for f in fields if f != "lr"), None)
-            if own is None or len(fields[own]) < 2:
-                continue
-            chosen = next(m for m in self.chosen if m.name == name)
-            mine = self.table[self.table["method"] == name]
-            if "lr" in fields:
-                mine = mine[mine["lr"] == chosen.train.lr]
-            means = mine.groupby(own)[["val_error_pct", "val_loss"]].mean()
-            top = means.loc[getattr(chosen.train, own)]
-            best = tuple(float(v) for v in means.index[(means["val_error_pct"] == top["val_error_pct"])
-                                                        & (means["val_loss"] == top["val_loss"])])
-            if len(best) > 1:
-                out[name] = (own, best)
-        return out
-
-
-# --------------------------------------------------------------------------- the headless runner
-NOTEBOOK = "03_mnist_regularization"  # whose parameters the runner takes (hwutils.params.SPEC)
-_PARAMS = ("profile", "downsample", "seeds", "epochs", "dropout_epochs", "hidden", "lr_grid", "results_dir", "force")
-RUN_LOG = "study-runs.jsonl"  # in the results folder: one line per finished runner call (provenance)
-
-
-def _parser():
-    import argparse
-
-    from .precision import PRECISIONS
-
-    parser = argparse.ArgumentParser(
-        prog="python -m hwutils.study",
-        description="Train every run Part 3 needs into the results cache (headless: no Jupyter), estimate "
-                    "its time, or move its results between machines. 'make report' with the same profile "
-                    "and parameters then renders from the cache and trains nothing.",
-        epilog="Train on a GPU node, render elsewhere:  python -m hwutils.study --profile paper && "
-               "python -m hwutils.study export --profile paper --out paper.json.gz;  then, on the other "
-               "machine:  python -m hwutils.study import paper.json.gz && make report PROFILE=paper")
-    sub = parser.add_subparsers(dest="command")
-
-    def study_options(p):
-        p.add_argument("--profile", default="quick", help="smoke | quick | full | paper (default quick)")
-        p.add_argument("--seeds", type=int, nargs="+", help="seeds of the final runs")
-        p.add_argument("--epochs", type=int, help="epochs of the methods without dropout")
-        p.add_argument("--dropout-epochs", type=int, help="epochs of the dropout methods and the control")
-        p.add_argument("--hidden", type=int, nargs="+", help="hidden widths, e.g. 800 800")
-        p.add_argument("--lr-grid", type=float, nargs="+", help="learning rates searched")
-        p.add_argument("--downsample", type=int, help="image side after pooling: 7, 14 (default 28)")
-        p.add_argument("--results-dir", default="results", help="the cache of trained runs (default results)")
-        p.add_argument("--precision", choices=PRECISIONS, help="of the matrix products: fp32, tf32 (CUDA) or bf16 "
-                                                               "(default: tf32 on CUDA, fp32 on the CPU)")
-
-    train = sub.add_parser("train", help="train the study into the cache (the default command)")
-    study_options(train)
-    train.add_argument("--force", action="store_true", help="retrain runs that are cached")
-    train.add_argument("--shard", default="1/1", help="i/n: train the i-th of n parts of each stage, then wait "
-                                                      "for the other parts in the shared results folder")
-    train.add_argument("--estimate", action="store_true", help="print the plan's estimate and stop")
-    export = sub.add_parser("export", help="write the study's results (no weights) to one file")
-    study_options(export)
-    export.add_argument("--out", required=True, help="the bundle to write, e.g. paper.json.gz")
-    export.add_argument("--partial", action="store_true",
-                        help="write the runs trained so far (to carry them to another machine and train on there)")
-    imp = sub.add_parser("import", help="put a bundle's runs into a results folder")
-    imp.add_argument("bundle", help="a file written by 'export'")
-    imp.add_argument("--results-dir", default="results", help="where to put them (default results)")
-    return parser
-
-
-def _study_kwargs(args) -> dict:
-    """The parameters as the notebook takes them, each checked by :mod:`hwutils.params` (one line each)."""
-    from .params import check_value
-
-    given = {"profile": args.profile, "seeds": args.seeds, "epochs": args.epochs,
-             "dropout_epochs": args.dropout_epochs, "hidden": args.hidden, "lr_grid": args.lr_grid,
-             "downsample": args.downsample, "precision": getattr(args, "precision", None),
-             "results_dir": args.results_dir}
-    return {name: check_value(name, value, NOTEBOOK) if value is not None else None for name, value in given.items()}
-
-
-def _shard(text: str) -> tuple[int, int]:
-    try:
-        i, n = (int(part) for part in text.split("/"))
-    except ValueError:
-        raise ValueError(f"--shard {text!r}: write it as i/n, e.g. 2/4") from None
-    if not (n >= 1 and 1 <= i <= n):
-        raise ValueError(f"--shard {text}: need 1 <= i <= n")
-    return i - 1, n
-
-
-def _train(args) -> int:
-    import json
-
-    from .bundle import provenance
-    from .cache import check_writable
-    from .fused import chosen_update
-
-    kwargs = _study_kwargs(args)
-    shard = _shard(args.shard)
-    check_writable(kwargs["results_dir"])
-    profile = kwargs.pop("profile")
-    study = Study(profile, force=args.force, shard=shard, **kwargs)
-    estimate = study.estimate()
-    print(f"hwutils.study, profile {profile}: {estimate.text()}", flush=True)
-    if args.estimate:
-        return 0
-    start = time.perf_counter()
-    study.train_all()
-    wall = time.perf_counter() - start
-    stages = "; ".join(f"{name} {seconds / 60:.1f} min" for name, seconds in study.stage_log)
-    print(f"hwutils.study: done in {wall / 60:.1f} min ({stages}); estimated {estimate.minutes:.1f} min", flush=True)
-    log = provenance(profile=profile, params={k: v for k, v in kwargs.items() if k != "results_dir"},
-                     wall_seconds=round(wall, 1), estimated_seconds=round(estimate.seconds, 1),
-                     stages={name: round(seconds, 1) for name, seconds in study.stage_log},
-                     runs=estimate.runs, runs_cached_at_start=estimate.runs_cached, busy=bool(estimate.busy),
-                     shard=args.shard,
-                     update=chosen_update())  # the SGD update's path: the same weights, another speed
-    with open(Path(study.results_dir) / RUN_LOG, "a", encoding="utf-8") as out:
-        out.write(json.dumps(log) + "\n")
-    return 0
-
-
-def _export(args) -> int:
-    import json
-
-    from .bundle import export_runs, provenance
-    from .cache import load_run
-
-    kwargs = _study_kwargs(args)
-    profile = kwargs.pop("profile")
-    study = Study(profile, progress=False, **kwargs)
-    records, missing, seen = [], 0, set()
-    for stage in study.plan():
-        for b, m, s in stage.jobs():
-            batch = stage.batches[b]
-            key = run_key(m, study._data(batch.data).spec, s)
-            if (m.name, key) in seen:  # a search's chosen run is also a final run
-                continue
-            seen.add((m.name, key))
-            loaded = load_run(run_stem(study.results_dir, m.name, key))
-            if loaded is None:
-                missing += 1
-            else:
-                records.append(loaded[0])
-    if missing and not args.partial:
-        print(f"hwutils.study export: {missing} of {len(seen)} runs of profile {profile} are not in "
-              f"{study.results_dir}: train them first (python -m hwutils.study --profile {profile} ...)")
-        return 1
-    if missing:  # the test errors later stages read off these runs, which travel without weights
-        for stage in study.plan():
-            for b, batch in enumerate(stage.batches):
-                done = [(m, s) for bb, m, s in stage.jobs() if bb == b and study._cached(batch, m, s)]
-                if batch.evaluate_test and done:
-                    study._sweep(batch, done)
-    else:
-        study.train_all()  # all cached: loads them, and fills in what a record lacks (test errors)
-    records = [load_run(run_stem(study.results_dir, r["method"], r["key"]))[0] for r in records]
-    log = Path(study.results_dir) / RUN_LOG
-    runs = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()] if log.exists() else []
-    mine = [r for r in runs if r.get("profile") == profile]
-    origin = mine[-1] if mine else provenance(profile=profile, note="no runner log: trained by the notebook")
-    partial = {"partial": f"{len(records)} of {len(seen)} runs"} if missing else {}
-    summary = export_runs(records, args.out, {**origin, "profile": profile, "exported": provenance()["date"],
-                                              **partial})
-    print(f"hwutils.study export: {summary['runs']} runs of profile {profile} to {summary['path']} "
-          f"({summary['bytes'] / 1e6:.2f} MB, no weights)"
-          + (f"; partial: {missing} of {len(seen)} runs still to train" if missing else ""))
-    return 0
-
-
-def _import(args) -> int:
-    from .bundle import import_runs
-
-    print("hwutils.study import: " + import_runs(args.bundle, args.results_dir))
-    return 0
-
-
-def main(argv=None) -> int:
-    import sys
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("train", "export", "import", "-h", "--help"):
-        argv = ["train", *argv]
-    args = _parser().parse_args(argv)
-    from .bundle import BundleError
-    from .cache import CacheError
-    from .data import DataError
-    from .params import ParameterError
-
-    try:
-        return {"train": _train, "export": _export, "import": _import}[args.command](args)
-    except (ParameterError, ValueError, BundleError, CacheError, DataError) as err:
-        print(f"hwutils.study: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("hwutils.study: interrupted; the runs finished so far are cached: run the same command again to "
-              "resume", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
     raise SystemExit(main())

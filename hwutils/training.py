@@ -215,20 +215,23 @@ class History:
 
 
 @torch.no_grad()
-def evaluate_members(net: StackedMLP, split: Split, batch_size: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+def evaluate_members(net: StackedMLP, split: Split, batch_size: int = 4096, *, wrong: bool = False):
     """Mean cross-entropy and error rate of every member on ``split`` (two ``[K]`` tensors, left on
-    the device: reading them is the caller's one host sync)."""
+    the device: reading them is the caller's one host sync); with ``wrong``, also which images each
+    member gets wrong (a ``[K, n]`` boolean tensor: the per-image results that paired tests compare)."""
     was_training = net.training
     net.eval()
     total_loss = torch.zeros(net.members, device=split.X.device)
-    total_wrong = torch.zeros(net.members, device=split.X.device)
+    misses = []
     for i in range(0, len(split), batch_size):
         logits = net(split.X[i:i + batch_size])                          # [K, B, classes]
         y = split.y[i:i + batch_size].expand(net.members, -1)
         total_loss += F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view_as(y).sum(1)
-        total_wrong += (logits.argmax(-1) != y).sum(1)
+        misses.append(logits.argmax(-1) != y)
     net.train(was_training)
-    return total_loss / len(split), total_wrong / len(split)
+    missed = torch.cat(misses, 1)
+    error = missed.sum(1) / len(split)
+    return (total_loss / len(split), error, missed) if wrong else (total_loss / len(split), error)
 
 
 def evaluate(model: MLP, split: Split, batch_size: int = 4096) -> tuple[float, float]:
@@ -568,8 +571,7 @@ def fit_members(models, train: Split, val: Split, configs, *, names=None, progre
         model.to(device)
     torch.manual_seed(configs[0].seed)
     shuffles = [torch.Generator().manual_seed(c.seed) for c in configs]
-    epochs, bs, n = configs[0].epochs, configs[0].batch_size, len(train)
-    steps = math.ceil(n / bs)
+    epochs, steps = configs[0].epochs, math.ceil(len(train) / configs[0].batch_size)
     lanes = _shared_prefix(models, configs)
     setup = dict(train=train, update=update, cuda_graph=cuda_graph, steps=steps)
     if lanes is None:
@@ -580,65 +582,24 @@ def fit_members(models, train: Split, val: Split, configs, *, names=None, progre
                               [names[h] for h in heads], [shuffles[h] for h in heads], **setup)
     bar = progress_bar(total=epochs, desc=desc or ", ".join(names), unit="epoch", disable=not progress)
     threads = TrainingThreads(device)  # on the CPU: as many as the cores other processes leave free
-    for epoch in range(1, epochs + 1):
-        if lanes is not None and epoch == lanes.split + 1:
-            run, lanes = run.expand(lanes, models, configs, names, shuffles, **setup), None
-        start = time.perf_counter()
-        run.net.train()
-        k = len(run.configs)
-        order = torch.stack([torch.randperm(n, generator=g) for g in run.shuffles]).to(device)
-        first = (epoch - 1) * steps
-        factors = torch.tensor([[_lr_factor(c, s, epochs * steps, steps) for c in run.configs]
-                                for s in range(first, first + steps)], dtype=torch.float32)
-        lrs = (factors * run.base_lr * torch.tensor(run.active, dtype=torch.float32)).to(device).view(steps, k, 1, 1)
-        momenta = [None] * steps
-        if run.optimizer.ramps:  # the epoch's momenta, moved to the device at once (as its learning rates)
-            momenta = torch.tensor([[momentum_at(c, s) for c in run.configs] for s in range(first, first + steps)],
-                                   dtype=torch.float32).to(device).view(steps, k, 1, 1)
-        for r in run.regularizers:
-            r.start_epoch(epoch - 1, epochs)
-        losses = torch.empty(steps, k, device=device)
-        for b in range(steps):
-            threads.adapt()  # re-decided at most every WINDOW_SECONDS: a neighbour may start mid-epoch
-            losses[b] = run.step(order[:, b * bs:(b + 1) * bs], lrs[b], momenta[b])
-            if (first + b + 1) % SWEEP_EVERY == 0:  # outside the replayed step: the same on every device
-                run.optimizer.sweep_tiny_()
-        net = run.net
-        val_loss, val_error = evaluate_members(net, val)
-        penalty = sum(r.value(net.weights) for r in run.regularizers) + torch.zeros(k, device=device)
-        small = sum((w.abs() < NEAR_ZERO).sum((1, 2)) for w in net.weights) / sum(w[0].numel() for w in net.weights)
-        norms = torch.cat([w.norm(dim=2) for w in net.weights[:-1]], 1)             # [K, hidden units]
-        at_cap = (norms >= AT_CAP * run.cap[:, None]).float().mean(1)
-        per_member = torch.cat([losses.T, torch.stack([val_loss, val_error, penalty, small, norms.max(1).values,
-                                                       at_cap], 1)], 1)
-        rows = per_member.tolist()                                           # the epoch's one host sync
-        seconds = (time.perf_counter() - start) / k
-        for m, row in enumerate(rows):
-            if not run.active[m]:
-                continue
-            *iter_loss, v_loss, v_error, pen, small_m, max_norm_m, at_cap_m = row
-            h = run.histories[m]
-            if not all(map(math.isfinite, iter_loss)):
-                if on_nan == "raise":
-                    raise FloatingPointError(f"{run.names[m]}: training loss became {iter_loss[-1]} in epoch "
-                                             f"{epoch}; lower the learning rate (lr={run.configs[m].lr:g})")
-                h.diverged, run.active[m] = True, False
-                continue
-            h.iter_loss += iter_loss
-            h.record(train_loss=sum(iter_loss) / steps, penalty=pen, val_loss=v_loss, val_error=v_error,
-                     lr=float(lrs[-1, m]), small_weights=small_m, max_unit_norm=max_norm_m, at_cap=at_cap_m,
-                     epoch_seconds=seconds)
-            run.active[m] = _track_best(h, run.best, m, net, run.configs[m], epoch)
-        if progress:
-            # refresh=False: the bar redraws at tqdm's own pace (mininterval), not at every epoch -
-            # in a Jupyter kernel each redraw is a message, and a 10 ms epoch of Part 2 took 1.7x as long
-            bar.set_postfix_str(f"val error {min(h.val_error[-1] for h in run.histories if h.val_error):.2%}"
-                                if any(h.val_error for h in run.histories) else "", refresh=False)
-        bar.update()
-        if not any(run.active):
-            break
-    bar.close()
-    threads.restore()
+    try:
+        for epoch in range(1, epochs + 1):
+            if lanes is not None and epoch == lanes.split + 1:
+                run, lanes = run.expand(lanes, models, configs, names, shuffles, **setup), None
+            start = time.perf_counter()
+            losses, lrs = _train_epoch(run, train, epoch, epochs, steps, threads)
+            _record_epoch(run, val, epoch, losses, lrs, start, on_nan)
+            if progress:
+                # refresh=False: the bar redraws at tqdm's own pace (mininterval), not at every epoch -
+                # in a Jupyter kernel each redraw is a message, and a 10 ms epoch of Part 2 took 1.7x as long
+                errors = [h.val_error[-1] for h in run.histories if h.val_error]
+                bar.set_postfix_str(f"val error {min(errors):.2%}" if errors else "", refresh=False)
+            bar.update()
+            if not any(run.active):
+                break
+    finally:  # also when a run diverges or the user interrupts: the caller's threads, a closed bar
+        bar.close()
+        threads.restore()
     if lanes is not None:  # every lane stopped before the split: each member ends where its lane did
         run = run.expand(lanes, models, configs, names, shuffles, **setup)
     with torch.no_grad():
@@ -648,6 +609,65 @@ def fit_members(models, train: Split, val: Split, configs, *, names=None, progre
                     w[m].copy_(saved)
     run.net.copy_to(models)
     return run.histories
+
+
+def _train_epoch(run: "_Training", train: Split, epoch: int, epochs: int, steps: int, threads):
+    """One epoch of minibatch steps of every member of ``run``: the data losses ``[steps, K]`` and
+    the learning rates of the epoch's steps ``[steps, K, 1, 1]`` (both left on the device)."""
+    device, bs, n = train.X.device, run.configs[0].batch_size, len(train)
+    run.net.train()
+    k = len(run.configs)
+    order = torch.stack([torch.randperm(n, generator=g) for g in run.shuffles]).to(device)
+    first = (epoch - 1) * steps
+    factors = torch.tensor([[_lr_factor(c, s, epochs * steps, steps) for c in run.configs]
+                            for s in range(first, first + steps)], dtype=torch.float32)
+    lrs = (factors * run.base_lr * torch.tensor(run.active, dtype=torch.float32)).to(device).view(steps, k, 1, 1)
+    momenta = [None] * steps
+    if run.optimizer.ramps:  # the epoch's momenta, moved to the device at once (as its learning rates)
+        momenta = torch.tensor([[momentum_at(c, s) for c in run.configs] for s in range(first, first + steps)],
+                               dtype=torch.float32).to(device).view(steps, k, 1, 1)
+    for r in run.regularizers:
+        r.start_epoch(epoch - 1, epochs)
+    losses = torch.empty(steps, k, device=device)
+    for b in range(steps):
+        threads.adapt()  # re-decided at most every WINDOW_SECONDS: a neighbour may start mid-epoch
+        losses[b] = run.step(order[:, b * bs:(b + 1) * bs], lrs[b], momenta[b])
+        if (first + b + 1) % SWEEP_EVERY == 0:  # outside the replayed step: the same on every device
+            run.optimizer.sweep_tiny_()
+    return losses, lrs
+
+
+def _record_epoch(run: "_Training", val: Split, epoch: int, losses, lrs, start: float, on_nan: str) -> None:
+    """Validate every member after an epoch and append the epoch to each active member's History
+    (one host sync for all of it; its time since ``start``, training and validation, shared by the
+    members); a member whose loss is no longer finite raises (``on_nan="raise"``) or is frozen and
+    marked diverged."""
+    net, k, device = run.net, len(run.configs), losses.device
+    val_loss, val_error = evaluate_members(net, val)
+    penalty = sum(r.value(net.weights) for r in run.regularizers) + torch.zeros(k, device=device)
+    small = sum((w.abs() < NEAR_ZERO).sum((1, 2)) for w in net.weights) / sum(w[0].numel() for w in net.weights)
+    norms = torch.cat([w.norm(dim=2) for w in net.weights[:-1]], 1)             # [K, hidden units]
+    at_cap = (norms >= AT_CAP * run.cap[:, None]).float().mean(1)
+    per_member = torch.cat([losses.T, torch.stack([val_loss, val_error, penalty, small, norms.max(1).values,
+                                                   at_cap], 1)], 1)
+    rows = per_member.tolist()                                           # the epoch's one host sync
+    seconds, steps = time.perf_counter() - start, losses.shape[0]
+    for m, row in enumerate(rows):
+        if not run.active[m]:
+            continue
+        *iter_loss, v_loss, v_error, pen, small_m, max_norm_m, at_cap_m = row
+        h = run.histories[m]
+        if not all(map(math.isfinite, iter_loss)):
+            if on_nan == "raise":
+                raise FloatingPointError(f"{run.names[m]}: training loss became {iter_loss[-1]} in epoch "
+                                         f"{epoch}; lower the learning rate (lr={run.configs[m].lr:g})")
+            h.diverged, run.active[m] = True, False
+            continue
+        h.iter_loss += iter_loss
+        h.record(train_loss=sum(iter_loss) / steps, penalty=pen, val_loss=v_loss, val_error=v_error,
+                 lr=float(lrs[-1, m]), small_weights=small_m, max_unit_norm=max_norm_m, at_cap=at_cap_m,
+                 epoch_seconds=seconds / k)
+        run.active[m] = _track_best(h, run.best, m, net, run.configs[m], epoch)
 
 
 def _track_best(history: History, best: list, m: int, net: StackedMLP, config: TrainConfig, epoch: int) -> bool:

@@ -12,7 +12,7 @@ import torch
 
 from hwutils import cache
 from hwutils.cache import (SCHEMA_VERSION, CacheError, RecordError, StaleRecordError, check_record, check_writable,
-                           load_run, run_stem, save_run)
+                           load_run, run_stem, save_run, seal_record, update_record)
 from hwutils.experiments import Method, run_sweep
 from hwutils.models import ModelConfig
 from hwutils.training import History, TrainConfig
@@ -38,13 +38,15 @@ def small_run(tmp_path, name="L2"):
 def test_a_saved_run_loads_back_with_its_proofs_and_leaves_no_temporary_files(tmp_path):
     stem, record, state = small_run(tmp_path)
     loaded_record, loaded_state = load_run(stem)
-    assert loaded_record == {**record, "schema": SCHEMA_VERSION, "weights_sha256": loaded_record["weights_sha256"]}
-    assert len(loaded_record["weights_sha256"]) == 64 and torch.equal(loaded_state["0.weight"], state["0.weight"])
+    assert loaded_record == {**record, "schema": SCHEMA_VERSION, "weights_sha256": loaded_record["weights_sha256"],
+                             "record_sha256": loaded_record["record_sha256"]}
+    assert len(loaded_record["weights_sha256"]) == 64 and len(loaded_record["record_sha256"]) == 64
+    assert torch.equal(loaded_state["0.weight"], state["0.weight"])
     assert sorted(p.name for p in stem.parent.iterdir()) == [stem.name + ".json", stem.name + ".pt"]
 
 
 def test_a_run_that_was_never_saved_is_not_cached(tmp_path):
-    assert load_run(run_stem(tmp_path, "L2", "feedface")) is None
+    assert load_run(run_stem(tmp_path, "L2", "00000000feedface")) is None
 
 
 def test_a_run_saved_without_weights_loads_as_its_record_alone(tmp_path):
@@ -89,9 +91,15 @@ def test_a_damaged_cached_run_is_named_in_one_line_moved_aside_and_not_loaded(tm
     (lambda r: r["history"].update(surprise=1), "unknown field(s) surprise"),
     (lambda r: r.update(key="fedcba9876543210"), "the record of another run"),
     (lambda r: r.update(weights_sha256="abc"), "64 hex digits"),
+    (lambda r: r.pop("record_sha256"), "lacks record_sha256"),
+    (lambda r: r.update(test_error=0.0123), "does not match its record_sha256: edited or damaged"),
+    (lambda r: r["history"]["val_error"].append(0.2), "does not match its record_sha256"),
+    (lambda r: r["config"]["train"].update(lr=0.2), "does not match its record_sha256"),
+    (lambda r: r.update(weights_sha256="0" * 64), "does not match its record_sha256"),
+    (lambda r: r.update(extra=1), "does not match its record_sha256"),
 ])
 def test_check_record_names_a_missing_or_mistyped_field_in_one_line(change, reason):
-    record = {**a_record(), "schema": SCHEMA_VERSION, "weights_sha256": None}
+    record = seal_record(a_record(), None)
     check_record(record, KEY)
     change(record)
     with pytest.raises(RecordError) as err:
@@ -169,11 +177,66 @@ def test_a_record_of_an_older_schema_is_set_aside_as_stale_and_retrained(cached,
     methods, first, stems = cached
     path = stems["B"].with_suffix(".json")
     record = json.loads(path.read_text())
-    del record["schema"], record["weights_sha256"]  # what hwutils wrote before records carried proofs
+    del record["schema"], record["weights_sha256"], record["record_sha256"]  # before records carried proofs
     path.write_text(json.dumps(record))
     line, = one_line_per_run(heals(methods, first, moons, tmp_path, capsys), 1)
     assert "no record schema version" in line and f"{path}.stale" in line
     assert Path(f"{path}.stale").exists()
+
+
+def test_a_record_of_schema_2_without_its_own_digest_is_stale_and_retrained(cached, moons, tmp_path, capsys):
+    methods, first, stems = cached
+    path = stems["A"].with_suffix(".json")
+    record = json.loads(path.read_text())
+    del record["record_sha256"]
+    path.write_text(json.dumps({**record, "schema": 2}))
+    line, = one_line_per_run(heals(methods, first, moons, tmp_path, capsys), 1)
+    assert f"has record schema 2, this hwutils reads version {SCHEMA_VERSION}" in line and f"{path}.stale" in line
+
+
+def test_an_edited_test_error_in_a_cached_record_is_set_aside_and_retrained(cached, moons, tmp_path, capsys):
+    methods, first, stems = cached
+    path = stems["A"].with_suffix(".json")
+    path.write_text(json.dumps({**json.loads(path.read_text()), "test_error": 0.0123}))
+    line, = one_line_per_run(heals(methods, first, moons, tmp_path, capsys), 1)
+    assert str(path) in line and "its content does not match its record_sha256: edited or damaged" in line
+    assert f"{path}.corrupt" in line and Path(f"{path}.corrupt").exists()
+    assert json.loads(path.read_text())["test_error"] == first[0].test_error
+
+
+def test_an_edited_number_anywhere_in_a_cached_record_is_caught(tmp_path, capsys):
+    stem, _, _ = small_run(tmp_path)
+    path = stem.with_suffix(".json")
+    text = path.read_text()
+    for old, new in (('"val_error": 0.1,', '"val_error": 0.09,'), ('[0.5]', '[0.25]'), ('"lr": 0.1', '"lr": 1'),
+                     ('"seed": 0', '"seed": 1')):
+        assert old in text
+        path.write_text(text.replace(old, new, 1))
+        assert load_run(stem) is None
+        assert "does not match its record_sha256" in capsys.readouterr().err
+        for p in tmp_path.glob("results/*.corrupt"):
+            p.rename(p.with_suffix(""))  # back in place for the next edit
+
+
+def test_a_record_brought_up_to_date_with_update_record_loads_without_a_warning(tmp_path, capsys):
+    stem, _, state = small_run(tmp_path)
+    record, _ = load_run(stem)
+    update_record(stem, {**record, "test_error": 0.05, "measurements": {"version": 9, "units": [1, 2]}})
+    loaded, loaded_state = load_run(stem)
+    assert capsys.readouterr().err == ""
+    assert loaded["test_error"] == 0.05 and loaded["measurements"]["units"] == [1, 2]
+    assert loaded["weights_sha256"] == record["weights_sha256"] and loaded["record_sha256"] != record["record_sha256"]
+    assert torch.equal(loaded_state["0.weight"], state["0.weight"])
+    assert sorted(p.name for p in stem.parent.iterdir()) == [stem.name + ".json", stem.name + ".pt"]
+
+
+def test_update_record_refuses_a_record_that_is_not_of_its_run(tmp_path):
+    stem, _, _ = small_run(tmp_path)
+    record, _ = load_run(stem)
+    with pytest.raises(RecordError, match="the record of another run"):
+        update_record(run_stem(stem.parent, "L2", "fedcba9876543210"), record)
+    with pytest.raises(RecordError, match="lacks weights_sha256"):
+        update_record(stem, a_record())
 
 
 def test_swapped_weight_files_are_detected_and_both_runs_retrained(cached, moons, tmp_path, capsys):
@@ -201,8 +264,8 @@ def test_weights_of_another_architecture_are_named_and_retrained(cached, moons, 
     wide = sweep([tiny("wide", hidden=(8,))], moons, tmp_path)[0]
     wide_weights = run_stem(tmp_path, "wide", wide.key).with_suffix(".pt").read_bytes()
     stems["A"].with_suffix(".pt").write_bytes(wide_weights)
-    path = stems["A"].with_suffix(".json")  # its digest made to match: only the architecture check is left
-    path.write_text(json.dumps({**json.loads(path.read_text()), "weights_sha256": cache._digest(wide_weights)}))
+    record = json.loads(stems["A"].with_suffix(".json").read_text())  # its digests made to match: only the
+    update_record(stems["A"], {**record, "weights_sha256": cache._digest(wide_weights)})  # architecture is left
     line, = one_line_per_run(heals(methods, first, moons, tmp_path, capsys), 1)
     assert "weights are of another architecture (layers.0.weight is 8x2, this run's model needs 4x2)" in line
 
@@ -300,3 +363,60 @@ def test_runs_of_a_method_whose_name_has_a_dot_each_keep_their_own_files(tmp_pat
     for key in keys:
         assert load_run(run_stem(tmp_path, name, key))[0]["key"] == key
     assert len(list(tmp_path.glob("*.json"))) == 2
+
+
+PROJECT_FILE_NAMES = {  # as run_stem named them before it checked names: caches made then stay valid
+    "L2": "L2", "L1": "L1", "no penalty": "no_penalty", "early stopping": "early_stopping",
+    "L1 (proximal)": "L1_(proximal)", "max-norm": "max-norm", "L2 + L1 (late)": "L2_p_L1_(late)",
+    "L2 + KL-sparsity": "L2_p_KL-sparsity", "dropout + L2": "dropout_p_L2", "dropout + max-norm": "dropout_p_max-norm",
+    "dropout + max-norm (authors' recipe)": "dropout_p_max-norm_(authors'_recipe)",
+    "dropout + max-norm (paper's B.1)": "dropout_p_max-norm_(paper's_B_1)",
+    "L2, dropout's epochs": "L2,_dropout's_epochs",
+}
+
+
+def test_the_project_method_names_keep_their_file_names(tmp_path):
+    from hwutils.profiles import AUTHORS_RECIPE, LONG_L2, PAPER_B1, mnist_methods, mnist_profile, point_cloud_methods
+
+    names = {m.name for m in mnist_methods(mnist_profile("smoke")) + point_cloud_methods()}
+    assert names | {AUTHORS_RECIPE, LONG_L2, PAPER_B1} <= set(PROJECT_FILE_NAMES)  # every name the project uses
+    for name, file_name in PROJECT_FILE_NAMES.items():
+        assert run_stem(tmp_path, name, KEY) == tmp_path / f"{file_name}-{KEY}"
+
+
+@pytest.mark.parametrize("name, problem", [
+    ("/elsewhere/abs", "contains '/'"), ("../x", "contains '/'"), ("sub/dir", "contains '/'"),
+    ("a\\b", "contains '\\\\'"), ("..", "starts with '.'"), (".hidden", "starts with '.'"),
+    ("-rf", "starts with '-'"), ("", "is empty"), ("a\x00b", "contains '\\x00'"), ("a\nb", "contains '\\n'"),
+    ("x" * 121, "has 121 characters"), (None, "not text"), (["L2"], "not text"),
+])
+def test_a_method_name_that_could_make_a_path_is_refused_in_one_line(tmp_path, name, problem):
+    with pytest.raises(ValueError) as err:
+        run_stem(tmp_path / "results", name, KEY)
+    assert problem in str(err.value) and "cannot name a run's files" in str(err.value)
+    assert "\n" not in str(err.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("key", ["", "0123456789abcde", "0123456789abcdef0", "0123456789ABCDEF", "../../etc/passwd",
+                                 "01234567/9abcdef", "/123456789abcdef", None])
+def test_a_run_key_that_is_not_16_hex_digits_is_refused(tmp_path, key):
+    with pytest.raises(ValueError, match="is not 16 hex digits"):
+        run_stem(tmp_path, "L2", key)
+
+
+def test_a_run_whose_files_would_lie_outside_the_folder_through_a_link_is_refused(tmp_path):
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / f"L2-{KEY}").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(ValueError, match="would lie outside"):
+        run_stem(tmp_path / "results", "L2", KEY)
+
+
+def test_a_cached_record_whose_method_names_a_path_is_set_aside_not_followed(tmp_path, capsys):
+    stem, _, _ = small_run(tmp_path)
+    record, _ = load_run(stem)
+    path = stem.with_suffix(".json")
+    path.write_text(json.dumps(seal_record({**record, "method": "../../elsewhere"}, record["weights_sha256"])))
+    assert load_run(stem) is None
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "cannot name a run's files (it contains '/')" in err and f"{path}.corrupt" in err

@@ -5,6 +5,7 @@ import torch
 from hwutils import experiments
 from hwutils.data import split_point_cloud
 from hwutils.experiments import Method, run, run_key, run_sweep
+from hwutils.search import search
 from hwutils.models import MLP, ModelConfig, StackedMLP, build_model, dropout
 from hwutils.training import TrainConfig, fit, fit_members
 
@@ -238,7 +239,7 @@ def test_a_learning_rate_given_as_a_numpy_scalar_trains_exactly_as_a_python_floa
 
 
 def test_the_search_hands_back_plain_python_numbers(moons):
-    from hwutils.experiments import search
+    from hwutils.search import search
 
     chosen, _ = search([TINY], {"tiny": {"lr": (0.01, 0.1), "l2": (0.0, 1e-3)}}, moons, results_dir=None,
                        progress=False)
@@ -248,7 +249,7 @@ def test_the_search_hands_back_plain_python_numbers(moons):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_on_cuda_runs_trained_together_come_back_on_the_device_and_the_search_reads_them(moons):
     from hwutils.data import Split, Splits
-    from hwutils.experiments import search
+    from hwutils.search import search
 
     on = lambda s: Split(s.X.cuda(), s.y.cuda())
     data = Splits(on(moons.train), on(moons.val), on(moons.test))

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from hwutils import experiments
-from hwutils.experiments import Method, run, run_sweep, search, summarize
+from hwutils.experiments import Method, run, run_sweep, summarize
+from hwutils.search import search
 from hwutils.profiles import MNIST_PROFILES, TABLE9_TEST_ERROR, check_profile, mnist_methods
 from hwutils.models import ModelConfig
 from hwutils.training import TrainConfig

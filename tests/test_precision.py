@@ -94,7 +94,7 @@ def test_runs_at_two_precisions_never_share_a_step(moons, monkeypatch):
 
 
 def test_the_runner_takes_the_precision_and_refuses_others_before_any_work(capsys):
-    from hwutils.study import _parser, _study_kwargs
+    from hwutils.runner import _parser, _study_kwargs
 
     args = _parser().parse_args(["train", "--profile", "smoke", "--precision", "bf16"])
     assert _study_kwargs(args)["precision"] == "bf16"
@@ -104,11 +104,9 @@ def test_the_runner_takes_the_precision_and_refuses_others_before_any_work(capsy
 
 
 def test_the_settings_table_names_the_products_the_runs_train_with(mnist_dir, monkeypatch):
-    from hwutils.findings import settings
-
     monkeypatch.setenv("HWUTILS_DATA_DIR", str(mnist_dir))
-    assert settings(Study("smoke", results_dir=None, device="cpu"))["device"].endswith("(FP32 matrix products)")
-    bf16 = settings(Study("smoke", results_dir=None, device="cpu", precision="bf16"))["device"]
+    assert Study("smoke", results_dir=None, device="cpu").device_description.endswith("(FP32 matrix products)")
+    bf16 = Study("smoke", results_dir=None, device="cpu", precision="bf16").device_description
     assert bf16.endswith("(bf16 matrix products, FP32 weights)")
 
 

@@ -5,8 +5,10 @@ import math
 import pytest
 
 from hwutils.diagnostics import regularizer_activity, unit_norms
-from hwutils.experiments import (Method, RunResult, choices_at_edge, compare_to_noise, ranking_text, run_sweep,
-                                 search, summarize)
+import numpy as np
+
+from hwutils.experiments import Method, RunResult, run_sweep
+from hwutils.search import choices_at_edge, edge_decisions, search, search_choices, search_candidates, switched_off
 from hwutils.models import ModelConfig
 from hwutils.plotting import plot_l1_tradeoff, plot_lr_study
 from hwutils.profiles import (LONG_L2, LR_STUDY, MNIST_PROFILES, final_methods, inherit_l2, mnist_methods,
@@ -103,28 +105,39 @@ def test_the_learning_rate_study_marks_diverged_runs(moons):
     plot_lr_study(table, chosen={"max-norm": (0.1, 1.0)})
 
 
-def _fake(method, seed, test_error):
-    return RunResult(method, seed, "k", History(val_loss=[1.0], val_error=[test_error / 100]), test_error / 100,
-                     test_error / 100)
+def test_the_candidates_of_a_grid_share_initial_weights_and_minibatch_order(moons):
+    # Same seed: the same initial weights and the same first minibatch, so the same first loss to the
+    # bit (a penalty is not part of the data loss); they part only once their constants act.
+    learner = Method("learner", NET, BASE)
+    a, b = run_sweep(search_candidates([learner], {"learner": ("l2", (0.0, 1e-3))}), moons, results_dir=None,
+                     progress=False, evaluate_test=False)
+    assert a.history.iter_loss[0] == b.history.iter_loss[0]
+    assert a.history.iter_loss[1:] != b.history.iter_loss[1:]
+    c, d = run_sweep([learner, learner.variant("learner again")], moons, seeds=(3,), results_dir=None,
+                     progress=False, evaluate_test=False)[:2]
+    assert c.history.iter_loss == d.history.iter_loss and np.array_equal(c.val_wrong, d.val_wrong)
 
 
-def test_differences_inside_the_binomial_noise_are_ties_and_ranked_with_approx():
-    results = [_fake("a", 0, 1.50), _fake("b", 0, 1.55), _fake("c", 0, 3.00)]
-    comparisons = compare_to_noise(results, n_test=10_000)
-    by_pair = {(r.a, r.b): r for r in comparisons.itertuples()}
-    se = 100 * math.sqrt((0.015 * 0.985 + 0.0155 * 0.9845) / 10_000)
-    assert by_pair[("a", "b")].se == pytest.approx(se) and not by_pair[("a", "b")].exceeds_noise
-    assert by_pair[("a", "c")].exceeds_noise
-    assert ranking_text(summarize(results), comparisons) == "a (1.50 %) ≈ b (1.55 %) < c (3.00 %)"
+def test_every_run_keeps_which_validation_and_test_images_it_got_wrong(moons):
+    result, = run_sweep([Method("m", NET, BASE)], moons, results_dir=None, progress=False)
+    assert result.val_wrong.dtype == bool and result.val_wrong.shape == (len(moons.val),)
+    assert result.val_wrong.mean() == pytest.approx(result.val_error)
+    assert result.test_wrong.mean() == pytest.approx(result.test_error)
+    searched, = run_sweep([Method("m", NET, BASE)], moons, results_dir=None, progress=False, evaluate_test=False)
+    assert searched.test_wrong is None and searched.val_wrong is not None
 
 
-def test_with_several_seeds_differences_are_paired_by_seed():
-    # b is worse than a by exactly 0.10 points on every seed: a consistent, paired difference.
-    results = [_fake(m, s, e + (0.1 if m == "b" else 0.0)) for s, e in enumerate((1.2, 1.6, 1.4))
-               for m in ("a", "b")]
-    row = compare_to_noise(results, n_test=10_000).iloc[0]
-    assert row.basis == "paired over 3 seeds" and row.difference == pytest.approx(0.1)
-    assert row.se == pytest.approx(0.0, abs=1e-9) and row.exceeds_noise
+def test_a_search_holds_each_method_with_its_regularizer_switched_off_as_its_reference():
+    l2 = Method("L2", NET, BASE.replace(l2=1e-4))
+    off = switched_off(l2, "l2", "no regularizer")
+    assert off.train.l2 == 0.0 and off.name == "no regularizer"
+    capped = Method("max-norm", NET, BASE.replace(max_norm=2.0, max_norm_output=True))
+    assert switched_off(capped, "max_norm", "no regularizer").train == off.train  # one run serves both
+    late = Method("L2 + L1", NET, BASE.replace(l2=1e-4, l1=1e-3, l1_last_fraction=0.25))
+    assert switched_off(late, "l1", "L2").train == l2.train
+    grid = {"L2": {"lr": (0.1, 0.3), "l2": (1e-5, 1e-4)}}
+    candidates = search_candidates([l2], grid, {"L2": [off.replace(lr=lr) for lr in (0.1, 0.3)]})
+    assert len(candidates) == 6 and [c.name for c in candidates[:2]] == ["no regularizer"] * 2
 
 
 def test_warm_up_keeps_the_units_alive_that_learning_rate_0_3_kills_in_the_first_steps(mnist_dir):
@@ -160,45 +173,53 @@ def test_the_learning_rate_warms_up_linearly_then_follows_its_schedule():
         TrainConfig(epochs=2, warmup_epochs=2)
 
 
-def _candidate(value, val_error, val_loss, lr=0.1, field="l2"):
-    """A searched run of "m" with ``lr`` and ``field`` = ``value``, its validation error and loss."""
-    history = History(val_loss=[2.0, val_loss], val_error=[0.5, val_error])
-    return RunResult("m", 0, f"{lr}-{value}", history, val_error, math.nan,
-                     {"train": {"lr": lr, field: value, "patience": None}}, measurements={"dead_pct": 0.0})
+def _candidate(value, wrong, val_loss, lr=0.1, field="l2", index=0):
+    """A searched run of "m" with ``lr`` and ``field`` = ``value``, the validation images it gets
+    wrong (a boolean array) and its validation loss."""
+    wrong = np.asarray(wrong, dtype=bool)
+    history = History(val_loss=[2.0, val_loss], val_error=[0.5, wrong.mean()])
+    return RunResult("m", 0, f"{lr}-{value}", history, float(wrong.mean()), math.nan,
+                     {"train": {"lr": lr, field: value, "patience": None}}, measurements={"dead_pct": 0.0},
+                     val_wrong=wrong)
+
+
+def _mistakes(n, *wrong_at):
+    out = np.zeros(n, dtype=bool)
+    out[list(wrong_at)] = True
+    return out
 
 
 def test_the_search_breaks_equal_errors_by_the_validation_loss_and_only_identical_runs_by_the_smallest():
-    from hwutils.experiments import search_choices
-
     method = Method("m", NET, BASE)
     grid = {"m": {"lr": (0.1,), "l2": (1e-5, 1e-4, 1e-3)}}
-    loss_decides = [_candidate(1e-5, 0.03, 0.110), _candidate(1e-4, 0.03, 0.100), _candidate(1e-3, 0.04, 0.090)]
+    three, four = _mistakes(100, 1, 2, 3), _mistakes(100, 1, 2, 3, 4)
+    loss_decides = [_candidate(1e-5, three, 0.110), _candidate(1e-4, _mistakes(100, 5, 6, 7), 0.100),
+                    _candidate(1e-3, four, 0.090)]
     (chosen,), _ = search_choices([method], grid, loss_decides)
     assert chosen.train.l2 == 1e-4  # the same error as 1e-5, a lower loss; 1e-3's loss is lower, its error not
-    identical = [_candidate(1e-5, 0.03, 0.1), _candidate(1e-4, 0.03, 0.1), _candidate(1e-3, 0.05, 0.1)]
+    identical = [_candidate(1e-5, three, 0.1), _candidate(1e-4, three, 0.1), _candidate(1e-3, four, 0.1)]
     (chosen,), _ = search_choices([method], grid, identical)
     assert chosen.train.l2 == 1e-5
 
 
-def test_a_grid_is_extended_where_its_edge_beats_its_neighbour_beyond_the_noise_or_equals_it():
-    from hwutils.experiments import edge_margins, search_choices
-
+def test_a_grid_is_extended_where_its_edge_beats_its_neighbour_on_the_paired_test_or_is_the_same_run():
     method, grid = Method("m", NET, BASE), {"m": {"lr": (0.1,), "l2": (1e-5, 1e-4)}}
-    n_val = 5_000  # 2 s.e. of a difference of two errors near 3 % on 5,000 images: about 0.68 points
-    cases = {"beyond the noise": (0.030, 0.045, True), "within the noise": (0.030, 0.033, False)}
-    for name, (edge, neighbour, extend) in cases.items():
-        (chosen,), table = search_choices([method], grid, [_candidate(1e-5, edge, 0.1),
-                                                           _candidate(1e-4, neighbour, 0.2)])
-        edges = choices_at_edge(table, grid)
-        (margin,) = edge_margins(table, grid, edges, n_val)
-        noise = 200 * math.sqrt((edge * (1 - edge) + neighbour * (1 - neighbour)) / n_val)
-        assert (margin["value"], margin["side"], margin["neighbour"]) == (1e-5, "smallest", 1e-4), name
-        assert margin["margin"] == pytest.approx(100 * (neighbour - edge)) and margin["noise"] == pytest.approx(noise)
-        assert margin["extend"] is extend and not margin["same"], name
-    same = [_candidate(1e-5, 0.03, 0.1), _candidate(1e-4, 0.03, 0.1)]  # a constant that did not act
+    n, shared = 5_000, list(range(100))  # both runs get these 100 images wrong
+    # 20 images wrong only in the neighbour, none only in the edge: exact McNemar p = 2 / 2**20
+    beyond = _mistakes(n, *shared), _mistakes(n, *shared, *range(1000, 1020))
+    # 3 against 1: the same error rates an unpaired test would compare, but nothing the pairs resolve
+    within = _mistakes(n, *shared, 4000), _mistakes(n, *shared, 1000, 1001, 1002)
+    for name, (edge, neighbour), extend in (("beyond", beyond, True), ("within", within, False)):
+        results = [_candidate(1e-5, edge, 0.1), _candidate(1e-4, neighbour, 0.2)]
+        (chosen,), table = search_choices([method], grid, results)
+        (decision,) = edge_decisions(table, grid, choices_at_edge(table, grid), results)
+        assert (decision["value"], decision["side"], decision["neighbour"]) == (1e-5, "smallest", 1e-4), name
+        assert decision["extend"] is extend and not decision["same"], name
+    assert decision["p"] == pytest.approx(0.625) and decision["difference"] == pytest.approx(-100 * 2 / n)
+    same = [_candidate(1e-5, beyond[0], 0.1), _candidate(1e-4, beyond[0], 0.1)]  # a constant that did not act
     _, table = search_choices([method], grid, same)
-    (margin,) = edge_margins(table, grid, choices_at_edge(table, grid), n_val)
-    assert margin["same"] and margin["extend"]
+    (decision,) = edge_decisions(table, grid, choices_at_edge(table, grid), same)
+    assert decision["same"] and decision["extend"]
 
 
 def test_the_chosen_l2_trains_with_the_l1_constants_so_their_first_epochs_train_once():
@@ -208,11 +229,10 @@ def test_the_chosen_l2_trains_with_the_l1_constants_so_their_first_epochs_train_
     _, stage2 = mnist_search_grids(study.sizes)
     methods = study.constant_methods(study._methods(study.small))
     batch, = study.constant_stage(methods, stage2).batches
-    names = [m.name for m, _ in batch.jobs()]
+    names = [m.name for m, _ in batch.jobs()]  # L2: the final run, and L2 + L1's and L2 + KL's reference
     assert names.count("L2") == 1 and names.count("L2 + L1 (late)") == len(stage2["L2 + L1 (late)"][1])
     per_epoch = math.ceil(50_000 / study.sizes.batch_size)
     steps = dict(zip(names, study._batch_steps(batch, batch.jobs())))
     l1_epochs = study.sizes.epochs - round(0.75 * study.sizes.epochs)  # L1 acts in the last quarter only
     assert steps["L2"] == study.sizes.epochs * per_epoch and steps["L2 + L1 (late)"] == l1_epochs * per_epoch
     assert steps["L2 + KL-sparsity"] == study.sizes.epochs * per_epoch
-    assert study.constant_stage(methods, stage2, round_=1).batches[0].methods[0].name != "L2"  # cached by then
