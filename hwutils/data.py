@@ -1,15 +1,15 @@
-"""Data: MNIST from the official IDX files, and small 2-D point clouds.
+"""Data: MNIST from the official files, and small 2-D point clouds.
 
 Every loader returns in-memory tensors (no per-sample Dataset/DataLoader): training slices
 them by a permuted index per minibatch, which is what keeps :func:`hwutils.training.fit` fast.
+MNIST is read from local files only, never downloaded: a missing file is one line naming the fix.
 """
 from __future__ import annotations
 
 import functools
 import gzip
-import hashlib
 import os
-import shutil
+import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,12 +31,14 @@ __all__ = [
     "default_device",
 ]
 
-#: The four official MNIST files and the MD5 of each (gzipped as distributed, and decompressed).
+#: The four official MNIST files (gzipped, as distributed) and the MD5 of each: torchvision's
+#: ``MNIST.resources`` (a test checks they agree), kept here so that ``import hwutils`` does not load
+#: torchvision (seconds) before MNIST is read.
 MNIST_FILES = {
-    "train-images-idx3-ubyte": ("f68b3c2dcbeaaa9fbdd348bbdeb94873", "6bbc9ace898e44ae57da46a324031adb"),
-    "train-labels-idx1-ubyte": ("d53e105ee54ea40749a09fcbcd1e9432", "a25bea736e30d166cdddb491f175f624"),
-    "t10k-images-idx3-ubyte": ("9fb629c4189551a2d022fa330f9573f3", "2646ac647ad5339dbf082846283269ea"),
-    "t10k-labels-idx1-ubyte": ("ec29112dd5afa0611ce80d1b7f02629c", "27ae3e4e09519cfbb04c329615203637"),
+    "train-images-idx3-ubyte": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+    "train-labels-idx1-ubyte": "d53e105ee54ea40749a09fcbcd1e9432",
+    "t10k-images-idx3-ubyte": "9fb629c4189551a2d022fa330f9573f3",
+    "t10k-labels-idx1-ubyte": "ec29112dd5afa0611ce80d1b7f02629c",
 }
 DATA_ENV_VAR = "HWUTILS_DATA_DIR"
 
@@ -99,52 +101,30 @@ class Splits:
 
 
 # --------------------------------------------------------------------------- IDX / MNIST
-def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Parse an IDX file (gzipped when its name ends in ``.gz``) into a numpy array.
+def read_idx(path: str | os.PathLike) -> torch.Tensor:
+    """An IDX file (gzipped when its name ends in ``.gz``) as a tensor, parsed by torchvision's MNIST reader."""
+    from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
+    from torchvision.datasets.utils import extract_archive
 
-    The format: two zero bytes, a type code (0x08 = uint8), the number of dimensions, then one
-    big-endian int32 per dimension, then the data in C order.
-    """
     path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
     try:
-        with opener(path, "rb") as f:
-            raw = f.read()
+        if path.suffix != ".gz":
+            return read_sn3_pascalvincent_tensor(str(path), strict=True)
+        with tempfile.TemporaryDirectory(prefix="hwutils-idx-") as tmp:  # torchvision reads a file, not bytes
+            return read_sn3_pascalvincent_tensor(extract_archive(str(path), tmp), strict=True)
     except (gzip.BadGzipFile, EOFError, zlib.error) as err:
         raise DataError(f"{path} is not a valid gzip file ({err}); replace it with the official "
                         f"{path.name}") from None
     except OSError as err:
         raise _unreadable(path, err) from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise DataError(f"{path} is not an IDX file (bad magic number)")
-    dtypes = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-    if raw[2] not in dtypes:
-        raise DataError(f"{path}: unknown IDX type code 0x{raw[2]:02x}")
-    ndim = raw[3]
-    shape = tuple(int(d) for d in np.frombuffer(raw, ">i4", count=ndim, offset=4))
-    dtype = np.dtype(dtypes[raw[2]])
-    offset = 4 + 4 * ndim
-    expected = int(np.prod(shape)) * dtype.itemsize
-    if len(raw) - offset != expected:
-        raise DataError(f"{path}: header says shape {shape} ({expected} bytes) but the file holds "
-                        f"{len(raw) - offset} bytes of data; the file is truncated or corrupt")
-    return np.frombuffer(raw, dtype, offset=offset).reshape(shape)
+    except (AssertionError, KeyError, RuntimeError, ValueError):  # torchvision's checks of the header and size
+        raise DataError(f"{path} is not a complete IDX file (truncated or corrupt); replace it with the "
+                        f"official {path.name}") from None
 
 
 def _unreadable(path: Path, err: OSError) -> DataError:
     return DataError(f"cannot read {path} ({err.strerror or type(err).__name__}): make it readable "
                      f"(chmod a+r {path}) or point {DATA_ENV_VAR} to a readable copy of the MNIST files")
-
-
-def _md5(path: Path) -> str:
-    h = hashlib.md5()
-    try:
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    except OSError as err:
-        raise _unreadable(path, err) from None
-    return h.hexdigest()
 
 
 def _file_names(names) -> str:
@@ -157,7 +137,7 @@ def _where(base: Path) -> str:
         return f"{base}: {'a file, not a folder' if base.exists() else 'no such folder'}"
     best = []
     for folder in (base, base / "MNIST" / "raw", base / "raw"):
-        present = [n for n in MNIST_FILES if (folder / f"{n}.gz").is_file() or (folder / n).is_file()]
+        present = [n for n in MNIST_FILES if (folder / f"{n}.gz").is_file()]
         if len(present) > len(best) or (folder == base and not best):
             best, where = present, folder
     missing = [n for n in MNIST_FILES if n not in best]
@@ -165,11 +145,11 @@ def _where(base: Path) -> str:
 
 
 def _missing_message(bases: list[Path]) -> str:
-    files = ", ".join(f"{name}.gz (md5 {gz})" for name, (gz, _) in MNIST_FILES.items())
+    files = ", ".join(f"{name}.gz (md5 {md5})" for name, md5 in MNIST_FILES.items())
     where = "; ".join(_where(b) for b in bases) or "nowhere"
     return (f"MNIST not found (searched {where}). Put the four official "
             f"files {files} in one folder and set {DATA_ENV_VAR}=/path/to/that/folder "
-            f"(or pass root=...).")
+            f"(or pass root=...); MNIST is never downloaded.")
 
 
 def _absolute(path) -> Path:
@@ -193,51 +173,34 @@ def _candidate_dirs(root) -> list[Path]:
     return [d for b, _ in _search_bases(root) for d in (b, b / "MNIST" / "raw", b / "raw")]
 
 
-def _locate(folder: Path) -> dict[str, tuple[Path, str]] | None:
-    """Map each MNIST name to (path, expected md5) if all four are in ``folder``."""
-    found = {}
-    for name, (md5_gz, md5_raw) in MNIST_FILES.items():
-        try:
-            if (folder / f"{name}.gz").is_file():
-                found[name] = (folder / f"{name}.gz", md5_gz)
-            elif (folder / name).is_file():
-                found[name] = (folder / name, md5_raw)
-            else:
-                return None
-        except PermissionError as err:
-            raise _unreadable(folder, err) from None
-    return found
-
-
-def _download(target: Path, named_by: str | None) -> None:
-    """torchvision's MNIST download into ``target`` (created only when it is the default ./data);
-    whatever folders it created are removed again when it fails, so a failed download leaves nothing."""
-    if not target.is_dir() and named_by is not None:
-        what = f"{DATA_ENV_VAR}={os.environ.get(DATA_ENV_VAR)}" if named_by == DATA_ENV_VAR else f"root={target}"
-        raise DataError(f"{what}: no such folder {target} (MNIST is not downloaded into a folder that does not "
-                        f"exist, in case the path is mistyped); fix the path, or create the folder "
-                        f"(mkdir -p {target}) to download MNIST into it")
-    created = [p for p in (target, target / "MNIST") if not p.exists()]
+def _locate(folder: Path) -> dict[str, Path] | None:
+    """Map each MNIST name to its path if all four files are in ``folder``."""
     try:
-        from torchvision.datasets import MNIST
-
-        MNIST(str(target), train=True, download=True)
-        MNIST(str(target), train=False, download=True)
-    except BaseException:
-        if created:  # the outermost folder it created holds the others
-            shutil.rmtree(created[0], ignore_errors=True)
-        raise
+        found = {name: folder / f"{name}.gz" for name in MNIST_FILES}
+        return found if all(path.is_file() for path in found.values()) else None
+    except PermissionError as err:
+        raise _unreadable(folder, err) from None
 
 
-def find_mnist_dir(root=None, *, download: bool = True) -> dict[str, Path]:
+def _check_md5(path: Path, expected: str) -> None:
+    from torchvision.datasets.utils import calculate_md5
+
+    try:
+        actual = calculate_md5(path)
+    except OSError as err:
+        raise _unreadable(path, err) from None
+    if actual != expected:
+        raise DataError(f"{path} has MD5 {actual}, expected {expected}: the file is corrupt "
+                        f"or not the official MNIST; replace it with the official {path.name}")
+
+
+def find_mnist_dir(root=None) -> dict[str, Path]:
     """Locate and verify the four MNIST files; return a map from name to (absolute) path.
 
     Lookup order: ``root`` → ``$HWUTILS_DATA_DIR`` → ``./data``, relative paths taken from the
     current directory; in each, a flat folder or torchvision's ``MNIST/raw/``. Each file's MD5 is
-    checked against the official value. When the files are absent and ``download`` is true,
-    torchvision's MNIST downloader (mirrors + checksums) fetches them into the first of those folders
-    (which must exist, unless it is the default ./data; a failed download leaves no folders behind);
-    when that fails too (offline), a :class:`DataError` names the missing files, where, and the fix.
+    checked against the official value. Nothing is downloaded: when the files are absent, a
+    :class:`DataError` names the missing files, where they were looked for, and the fix.
     """
     bases = _search_bases(root)
     for base, named_by in bases:
@@ -247,24 +210,10 @@ def find_mnist_dir(root=None, *, download: bool = True) -> dict[str, Path]:
                             f"four MNIST files (e.g. {base.parent} if they are there)")
     for folder in _candidate_dirs(root):
         found = _locate(folder)
-        if found is None:
-            continue
-        for name, (path, expected) in found.items():
-            actual = _md5(path)
-            if actual != expected:
-                raise DataError(f"{path} has MD5 {actual}, expected {expected}: the file is corrupt "
-                                f"or not the official MNIST; replace it with the official {path.name}")
-        return {name: path for name, (path, _) in found.items()}
-    if download:
-        target, named_by = bases[0]
-        message = _missing_message([b for b, _ in bases])  # before the download attempt: what was there
-        try:
-            _download(target, named_by)
-        except DataError:
-            raise
-        except Exception as err:  # offline, mirror down, disk full...
-            raise DataError(f"{message} (download failed: {type(err).__name__}, into {target})") from None
-        return find_mnist_dir(target, download=False)
+        if found is not None:
+            for name, path in found.items():
+                _check_md5(path, MNIST_FILES[name])
+            return found
     raise DataError(_missing_message([b for b, _ in bases]))
 
 
@@ -273,26 +222,36 @@ def mnist_folder(files: dict[str, Path]) -> Path:
     return _absolute(next(iter(files.values()))).parent
 
 
-def export_mnist_dir(root=None, *, download: bool = True) -> Path:
+def export_mnist_dir(root=None) -> Path:
     """:func:`find_mnist_dir`, then set ``$HWUTILS_DATA_DIR`` to the absolute folder of the files.
 
     Processes started afterwards (the notebook kernels, which run in ``notebooks/``) inherit the
     variable and find the same files whatever their working directory, also when the variable was
     relative or unset (``./data``).
     """
-    folder = mnist_folder(find_mnist_dir(root, download=download))
+    folder = mnist_folder(find_mnist_dir(root))
     os.environ[DATA_ENV_VAR] = str(folder)
     return folder
 
 
 @functools.lru_cache(maxsize=4)
-def _mnist_arrays(paths: tuple[tuple[str, str], ...]):
+def _mnist_arrays(paths: tuple[tuple[str, str], ...]) -> tuple[np.ndarray, ...]:
     files = dict(paths)
-    return tuple(read_idx(files[name]) for name in MNIST_FILES)
+    return tuple(read_idx(files[name]).numpy() for name in MNIST_FILES)
+
+
+def _mean_std(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and standard deviation (n - 1) of all entries of ``x``, as float32 scalars, summed in float64 by
+    numpy: torch's sums (float32, or float64 of a copy) round differently at different thread counts."""
+    values = x.numpy().ravel()
+    n = values.size
+    mean = values.mean(dtype=np.float64)
+    var = (np.einsum("i,i->", values, values, dtype=np.float64) - n * mean * mean) / (n - 1)
+    return torch.tensor(mean, dtype=torch.float32), torch.tensor(np.sqrt(var), dtype=torch.float32)
 
 
 def load_mnist(root=None, *, downsample: int | None = None, val_size: int = 10_000, seed: int = 0,
-               standardize: bool = True, device=None, download: bool = True) -> Splits:
+               standardize: bool = True, device=None) -> Splits:
     """MNIST as in-memory tensors: train / validation / test :class:`Splits`.
 
     * ``val_size`` images are held out of the 60,000 official training images (a permutation
@@ -302,12 +261,15 @@ def load_mnist(root=None, *, downsample: int | None = None, val_size: int = 10_0
       mean and standard deviation of the *training* split (a single scalar each).
     * ``downsample=7`` averages 4x4 pixel blocks, giving 7x7 = 49 features instead of 784.
     * ``device``: where the tensors live (default: CUDA when available, else CPU).
+
+    The files are found and checked by :func:`find_mnist_dir` (never downloaded). The tensors are
+    the same at any thread count (:func:`_mean_std`).
     """
     if downsample not in (None, 7, 14, 28):
         raise ValueError(f"downsample must be None, 7, 14 or 28 (side length in pixels), got {downsample!r}")
     if not 0 <= val_size < 60_000:
         raise ValueError(f"val_size must be in [0, 60000), got {val_size}")
-    files = find_mnist_dir(root, download=download)
+    files = find_mnist_dir(root)
     train_x, train_y, test_x, test_y = _mnist_arrays(tuple(sorted((k, str(v)) for k, v in files.items())))
 
     def features(images: np.ndarray) -> torch.Tensor:
@@ -323,7 +285,7 @@ def load_mnist(root=None, *, downsample: int | None = None, val_size: int = 10_0
     tr, va = perm[val_size:], perm[:val_size]
     x_train, y_train = x_all[tr], y_all[tr]
     if standardize:
-        mean, std = x_train.mean(), x_train.std()
+        mean, std = _mean_std(x_train)
         x_all, x_train, x_test = (x_all - mean) / std, (x_train - mean) / std, (x_test - mean) / std
     device = default_device() if device is None else torch.device(device)
     spec = {"name": "mnist", "pixels": "standardized" if standardize else "[0, 1]", "downsample": downsample,

@@ -10,6 +10,7 @@ place when it renders the report, so a citation may come before or after what it
 """
 from __future__ import annotations
 
+import base64
 import io
 import re
 
@@ -52,21 +53,65 @@ def _next(kind: str, label: str | None) -> str:
     return f"{anchor}**{kind} {number}.**"
 
 
+#: A figure's SVG larger than SVG_FIELD_BYTES is drawn again with its fields (filled contours,
+#: meshes: a decision boundary's background) rasterized at RASTER_DPI, its lines, points and text
+#: still vectors; one still larger than MAX_SVG_BYTES is shown as a PNG at RASTER_DPI. The HTML
+#: report embeds every figure.
+SVG_FIELD_BYTES = 400_000
+MAX_SVG_BYTES = 1_500_000
+RASTER_DPI = 300
+
+
+def _svg(figure) -> bytes:
+    """The figure as SVG, without its metadata, comments and indentation (the HTML embeds it)."""
+    svg = io.BytesIO()
+    figure.savefig(svg, format="svg", bbox_inches="tight", dpi=RASTER_DPI, metadata={"Date": None})
+    text = re.sub(r"<metadata>.*?</metadata>|<!--.*?-->", "", svg.getvalue().decode("utf-8"), flags=re.S)
+    return re.sub(r"\s*\n\s*", " ", re.sub(r">\s+<", "><", text)).encode("utf-8")
+
+
+def _rasterize_fields(figure) -> bool:
+    """Mark the figure's filled contours and meshes rasterized; whether it has any."""
+    from matplotlib.collections import QuadMesh
+    from matplotlib.contour import ContourSet
+
+    fields = [c for ax in figure.axes for c in ax.collections if isinstance(c, (ContourSet, QuadMesh))]
+    for field in fields:
+        field.set_rasterized(True)
+    return bool(fields)
+
+
+class _Figure:
+    """One figure as the notebook shows it: SVG (vector: the report's HTML and PDF take it), else a
+    PNG at RASTER_DPI; and a small PNG beside an SVG, for viewers that show no SVG."""
+
+    def __init__(self, figure):
+        svg = _svg(figure)
+        if len(svg) > SVG_FIELD_BYTES and _rasterize_fields(figure):
+            svg = _svg(figure)
+        self.svg = svg.decode("utf-8") if len(svg) <= MAX_SVG_BYTES else None
+        png = io.BytesIO()
+        figure.savefig(png, format="png", bbox_inches="tight", dpi="figure" if self.svg else RASTER_DPI)
+        self.png = png.getvalue()
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        bundle = {"image/png": base64.b64encode(self.png).decode("ascii"), "text/plain": "<Figure>"}
+        return {"image/svg+xml": self.svg, **bundle} if self.svg else bundle
+
+
 def caption(text: str, label: str | None = None, fig=None) -> None:
     """Show ``fig`` (default: every open figure) and under it "**Figure N.** text"; ``label``
     makes it citable as ``@fig-<label>``. The figures are closed, so the notebook shows them only
-    here, as PNG images (whatever the matplotlib backend, e.g. Agg). The report takes each image's
-    alt text from its caption."""
+    here, as SVG (whatever the matplotlib backend, e.g. Agg; see SVG_FIELD_BYTES for the fields
+    rasterized in it, and MAX_SVG_BYTES for a figure shown as PNG). The report takes each image's alt text from its caption."""
     import matplotlib.pyplot as plt
-    from IPython.display import Image, Markdown, display
+    from IPython.display import Markdown, display
 
     figures = [fig] if fig is not None else [plt.figure(n) for n in plt.get_fignums()]
     if not figures:
         raise ValueError("caption() found no open figure: draw it first (e.g. plot_training_curves())")
     for figure in figures:
-        png = io.BytesIO()
-        figure.savefig(png, format="png", bbox_inches="tight")
-        display(Image(data=png.getvalue(), format="png"))
+        display(_Figure(figure))
         plt.close(figure)
     display(Markdown(f"{_next('Figure', label)} {text}"))
 

@@ -28,7 +28,7 @@ from .training import History, TrainConfig, evaluate_members, fit_members, share
 
 __all__ = [
     "Method", "RunResult", "run", "run_sweep", "run_key", "pack_wrong", "unpack_wrong", "results_frame",
-    "summarize", "run_facts", "prefix_key", "sweep_epochs", "methods_frame", "format_summary", "COLUMN_LABELS",
+    "summarize", "wrong_by_method", "run_facts", "prefix_key", "sweep_epochs", "methods_frame", "format_summary", "COLUMN_LABELS",
 ]
 
 #: Bump when a change to the training code changes results, so cached runs are not reused.
@@ -312,6 +312,17 @@ def results_frame(results) -> "pd.DataFrame":
         "epochs_run": r.history.epochs_run, "best_epoch": r.history.best_epoch,
         "wall_seconds": r.wall_seconds,
     } for r in results])
+
+
+def wrong_by_method(results, split: str = "test", order=None) -> dict:
+    """Which images each method's runs got wrong on ``split`` ("test" or "val"): ``{method: [n]}`` for
+    a method with one seed, ``{method: [seeds, n]}`` (by seed) for more - what
+    :func:`hwutils.stats.pairwise` compares."""
+    by_method: dict[str, list] = {}
+    for r in sorted(results, key=lambda r: r.seed):
+        by_method.setdefault(r.method, []).append(r.test_wrong if split == "test" else r.val_wrong)
+    names = order or list(by_method)
+    return {n: by_method[n][0] if len(by_method[n]) == 1 else np.stack(by_method[n]) for n in names}
 
 
 def summarize(results, order=None) -> "pd.DataFrame":

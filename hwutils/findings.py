@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from .experiments import format_summary, methods_frame, run_facts, summarize
+from .experiments import format_summary, methods_frame, run_facts, summarize, wrong_by_method
 from .search import ALPHA, grid_fields
 from .diagnostics import regularizer_activity
 from .display import listed
@@ -395,8 +395,7 @@ def paired_table(results):
     """Every pair of the six Table 9 methods, paired on the test images (:func:`hwutils.stats.pairwise`):
     images wrong in A only, in B only and in both, the difference A − B (points) with its 95 %
     interval, the exact p and Holm's adjusted p over the 15 pairs."""
-    runs = _runs_by_method(results.final)
-    return pairwise({n: _wrong(runs[n]) for n in _table9_methods(results)}, alpha=ALPHA)
+    return pairwise(wrong_by_method(results.final, "test", _table9_methods(results)), alpha=ALPHA)
 
 
 def paired_rows(results):

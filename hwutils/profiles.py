@@ -104,24 +104,16 @@ MNIST_PROFILES = {
     # Seconds: proves the notebook runs end to end (CI).
     "smoke": MnistProfile(hidden=(64, 64), epochs=2, dropout_epochs=2, train_subset=2000, val_subset=1000,
                           test_subset=1000, search_train=1000, lr_grid=(0.03, 0.3)),
-    # The default of `make report`, on 2 CPU cores, sized for about 30 minutes for the whole report on
-    # a 200 GFLOP/s host. At 800-800 a step of 128 images is about 1 GFLOP; an epoch of 50,000 images
-    # with validation took 3.3-4.5 s on such a host (2026-12-02). Final runs: 20 epochs without dropout,
-    # 50 with, and the control "L2, dropout's epochs"; the learning-rate search runs on 10,000 training and
-    # 5,000 validation images for 6 epochs (10 with dropout), 40 runs; the L1 and KL constants are
-    # searched at the final budget, with the chosen L2, whose first 15 epochs L1's candidates share
-    # (hwutils.training.shared_prefix_epochs). The authors' recipe runs 50 epochs at batch 100 (25,000
-    # steps); its B.1 variant is left to the larger profiles.
-    # What was cut for the time (it was 30 and 80 epochs, and the whole report 45 min at 256 GFLOP/s):
-    # the epochs. In one seed each, the two dropout methods lost 0.10 and 0.15 points of test error
-    # (1.24 -> 1.34 % and 1.27 -> 1.42 %), L2 and max-norm 0.08 (1.45 -> 1.53 %, 1.50 -> 1.58 %): all
-    # within the binomial noise of one seed (2 s.e. about 0.3), and all six rows still agree with Table 9
-    # within it. On a GPU, over 3 seeds, dropout's validation error went from about 1.45 % at 50 epochs to
-    # 1.38 % at 80. Measured (2026-12-02, `make report` from an empty cache on a quiet 2-core host with a
-    # ceiling of 145 GFLOP/s before and 204 after): 29.9 min; Part 1 0.3, Part 2 4.8, Part 3 24.3 (the
-    # study 24.0: probes 0.8, the search with its one grid extension 4.8, the constants at the final
-    # budget with the chosen L2 4.2, the final stage - max-norm, the dropout methods, the control and the
-    # recipe - 14.0; its estimate said 21).
+    # The default of `make report`, on 2 CPU cores, sized for about 30 minutes for the whole report (the
+    # README gives the times measured). Final runs: 20 epochs without dropout, 50 with, and the control
+    # "L2, dropout's epochs"; the learning-rate search on 10,000 training images, scored on all 10,000
+    # validation images, for 6 epochs (10 with dropout), every grid with its regularizer switched off as
+    # its reference; the L1 and KL constants at the final budget; the authors' recipe for 50 epochs at
+    # batch 100 (its B.1 variant is left to the larger profiles). What one seed cannot tell: the paired
+    # tests compare these six trained networks on the same 10,000 test images, so a resolved difference is
+    # one between these networks; whether it holds between the methods - over initial weights and
+    # minibatch orders - needs several seeds (`seeds: [0, 1, 2]` in a PARAMS_FILE: the final stage, most
+    # of Part 3's time, then trains three times over, and the paired tests average each image over them).
     "quick": MnistProfile(hidden=(800, 800), epochs=20, dropout_epochs=50, search_train=10_000,
                           search_epochs=6, search_dropout_epochs=10, paper_b1=False),
     # A workstation or a small GPU: wider net, longer training, three seeds, the search on all data
@@ -368,7 +360,8 @@ def point_cloud_settings(data: Splits, methods, sizes: PointCloudProfile) -> dic
                 f"for all runs",
         "points: training / validation / test": f"{len(data.train):,} / {len(data.val):,} / {len(data.test):,}",
         "network": f"{network} (ReLU), the same for every method",
-        "optimizer": f"SGD, momentum {shared.train.momentum:g}, constant learning rate {shared.train.lr:g}",
+        "optimizer": f"SGD, {'Nesterov ' if shared.train.nesterov else ''}momentum {shared.train.momentum:g}, "
+                     f"constant learning rate {shared.train.lr:g}",
         "batch size": shared.train.batch_size,
         "epochs": f"{shared.train.epochs:,} (early stopping: at most)",
         "early stopping": f"patience {stopper.train.patience} epochs on the validation loss",

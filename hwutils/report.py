@@ -5,7 +5,7 @@
 1. checks the profile, the parameter overrides, the PDF tools (pandoc and typst from the report
    extra's wheels; xelatex only with PDF_ENGINE=xelatex) and the MNIST files - before any work;
 2. executes ``notebooks/*.ipynb`` into ``report/executed/`` (papermill, kernel ``hw3``); a failing
-   cell stops the build with papermill's error and leaves the partial notebook there; the training
+   cell stops the build with papermill's error and leaves ``<name>.partial.ipynb`` there; the training
    bars' status lines (:mod:`hwutils.progress`) are printed as they come; a notebook that plots but
    holds no figure stops the build;
 3. renders ``report/html/<name>.html`` and ``report/pdf/<name>.pdf`` per notebook and the combined
@@ -17,34 +17,46 @@ from the last build, which succeeded (``report/.build-ok.json``: removed when a 
 checks and starts to change the outputs, written when it ends well; a build stopped by a check leaves
 the last good build's stamp alone).
 
-Every failure of the build itself is one line: a failed write names its folder (and, when the disk
-is full, how much was free), executed notebooks are written to a temporary file and renamed, so a
-failed write leaves the previous one whole, and Ctrl-C says how many runs are cached for the resume.
+Every failure of the build itself is one line, and none leaves a half-written file: each file the
+build writes (executed notebooks, the HTML and PDF of each part and combined, the build record) goes
+to a temporary file beside it, renamed over it only when whole, so a failed write leaves the last good
+one and names the file, its folder and, when the disk is full, how much was free. A notebook that
+stops (a failing cell, a kernel that dies - out of memory - or a cell past ``$HWUTILS_CELL_TIMEOUT``
+seconds) leaves ``report/executed/<name>.partial.ipynb`` and says which cell; a cell that prints
+nothing for ``$HWUTILS_STALL_NOTICE`` seconds (default 600) is named while it runs. Ctrl-C, SIGTERM
+and SIGHUP shut the kernel down, remove the temporary files and say how many runs are cached for the
+resume (exit 128 + the signal's number).
 """
 from __future__ import annotations
 
 import argparse
 import ast
+import asyncio
 import contextlib
 import copy
 import datetime as dt
 import errno
+import functools
 import json
+import logging
 import os
 import re
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
-from .cache import CacheError, atomic_write, check_writable, full_disk, temporary_beside, write_failure
+from .cache import CacheError, check_writable, full_disk, temporary_beside, write_failure
 from .data import DATA_ENV_VAR, DataError, find_mnist_dir, mnist_folder
 from .params import check_overrides
 from .profiles import check_profile
 from .progress import LOG_ENV, follow
 
-__all__ = ["build", "check_outputs", "check_tools", "pdf_engine", "resolve_parameters", "combine", "render", "main"]
+__all__ = ["build", "check_outputs", "check_tools", "pdf_engine", "resolve_parameters", "combine", "render", "main",
+           "written_whole", "execution_limits"]
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATES = Path(__file__).resolve().parent / "templates"  # hw3_typst (default PDF), hw3_html, hw3_latex
@@ -60,10 +72,22 @@ COURSE = "Course: Deep Neural Networks — homework 3"
 PDF_ENGINES = ("typst", "xelatex")  # typst: wheels only (the default); xelatex: nbconvert's LaTeX, needs TeX
 PDF_ENGINE_ENV = "HWUTILS_PDF_ENGINE"
 INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
+CELL_TIMEOUT_ENV = "HWUTILS_CELL_TIMEOUT"  # seconds a cell may run before it is stopped (default: no limit)
+STALL_NOTICE_ENV = "HWUTILS_STALL_NOTICE"  # seconds without output before a cell is named (default 600)
+STALL_NOTICE_SECONDS = 600.0
+RESUME = "run the same command again: trained runs are cached"
 
 
 class ReportError(RuntimeError):
     """Something the user must fix before the report can be built; the message says what."""
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP: the build unwinds as for Ctrl-C (kernel shut down, temporary files removed)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
 
 
 def notebook_paths() -> list[Path]:
@@ -201,16 +225,23 @@ def render(nb, html_path: Path, pdf_path: Path, show_code: bool, engine: str | N
     kwargs = _exporter_kwargs(show_code)
     pdf_kwargs = {**kwargs, "preprocessors": [TagRemovePreprocessor(remove_cell_tags={HTML_ONLY}, enabled=True),
                                               *kwargs["preprocessors"]]}
+    writing = html_path
     with tempfile.TemporaryDirectory(prefix="hw3-render-") as tmp:
         work = Path(tmp)
         try:
             markdown = typeset.notebook_markdown(nb, work, **kwargs)
-            warnings = typeset.markdown_to_html(markdown, html_path, work, toc=meta["titlepage"], **text).splitlines()
+            with written_whole(html_path) as partial:
+                warnings = typeset.markdown_to_html(markdown, partial, work, toc=meta["titlepage"], **text).splitlines()
             if engine == "typst":
-                warnings += typeset.markdown_to_pdf(typeset.notebook_markdown(nb, work, **pdf_kwargs), pdf_path, work,
-                                                    doc_title=meta["doc_title"], description=meta["subtitle"],
-                                                    titlepage=meta["titlepage"], **text)
+                writing, pdf_markdown = pdf_path, typeset.notebook_markdown(nb, work, **pdf_kwargs)
+                with written_whole(pdf_path) as partial:
+                    warnings += typeset.markdown_to_pdf(pdf_markdown, partial, work, doc_title=meta["doc_title"],
+                                                        description=meta["subtitle"], titlepage=meta["titlepage"],
+                                                        **text)
         except typeset.TypesetError as err:
+            code = next((c for c in (errno.ENOSPC, errno.EDQUOT) if os.strerror(c) in str(err)), None)
+            if code is not None:  # pandoc says so in words: one line naming the file, not its backtrace
+                raise OSError(code, os.strerror(code), str(writing)) from None
             raise ReportError(f"rendering {Path(pdf_path).stem}: {err}") from None
     for warning in dict.fromkeys(w.strip() for w in warnings if w.strip()):
         print(f"   {Path(pdf_path).stem}: {warning}", flush=True)
@@ -238,8 +269,33 @@ def _xelatex_pdf(nb, pdf_path: Path, kwargs: dict, meta: dict) -> None:
                              **kwargs).from_notebook_node(nb)
     finally:
         os.environ["PATH"] = path
-    pdf_path.parent.mkdir(parents=True, exist_ok=True)
-    pdf_path.write_bytes(pdf)
+    with written_whole(pdf_path) as partial:
+        partial.write_bytes(pdf)
+
+
+#: errno values of a write that failed for want of space or permission: named with the final file.
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+@contextlib.contextmanager
+def written_whole(path: Path):
+    """A temporary file beside ``path`` for the block to write, renamed over ``path`` when the block
+    ends well and removed otherwise: ``path`` is always the last whole version. A write that fails for
+    want of space or permission is raised as an OSError naming ``path``, not the temporary file."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = temporary_beside(path, suffix=path.suffix)
+    except OSError as err:
+        raise (OSError(err.errno, err.strerror, str(path)) if err.errno in _WRITE_ERRNOS else err) from None
+    try:
+        yield partial
+        os.replace(partial, path)
+    except BaseException as err:
+        partial.unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno in _WRITE_ERRNOS:
+            raise OSError(err.errno, err.strerror, str(path)) from None
+        raise
 
 
 def _raw(text: str, mimetype: str):
@@ -277,13 +333,14 @@ PLOTTING_CALL = re.compile(r"^(?!\s*(?:from|import)\b).*?\b(plot_\w+|plt\.(?:plo
 
 
 def figure_problem(nb, name: str) -> str | None:
-    """One line when ``nb`` calls plotting functions but holds no figure (image/png output), else None.
+    """One line when ``nb`` calls plotting functions but holds no figure (PNG or SVG output), else None.
 
     That happens when the kernel draws with a non-inline backend (e.g. MPLBACKEND=Agg inherited from
     the environment): the figures are made and never displayed.
     """
     calls = sorted({m.group(1) for c in nb.cells if c.cell_type == "code" for m in PLOTTING_CALL.finditer(c.source)})
-    images = sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    images = sum(bool({"image/png", "image/svg+xml"} & set(o.get("data", {})))
+                 for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     if calls and not images:
         return (f"{name} calls {', '.join(calls[:3])}{', ...' if len(calls) > 3 else ''} but its executed notebook "
                 f"holds no figure: the kernel did not use the inline matplotlib backend (MPLBACKEND="
@@ -296,51 +353,27 @@ def build(profile: str = "quick", overrides: dict | None = None, show_code: bool
     """Execute and render everything (PDF ``engine``: typst, the default, or xelatex); return the paths written.
     Before anything runs, each notebook's training plan and its estimated time are printed, and a plan
     far beyond its profile's own stops the build unless ``confirm`` (:mod:`hwutils.preflight`)."""
-    import nbformat
-    import papermill
-
     paths = notebook_paths()
     if not paths:
         raise ReportError(f"no notebooks found in {NOTEBOOKS}")
     parameters = resolve_parameters(profile, overrides or {}, paths)
     engine = pdf_engine(engine)
     check_tools(engine)
-    files = find_mnist_dir()  # MNIST present and intact (or downloadable) before hours of work, not after
+    files = find_mnist_dir()  # MNIST present and intact before hours of work, not after
     check_writable(REPORT, what="the report folder", fix=f"make it writable (chmod -R u+w {REPORT})")
     # The kernels run in notebooks/ and inherit this environment: give them the absolute folder (a
     # relative $HWUTILS_DATA_DIR, or ./data, would otherwise point elsewhere there).
     os.environ[DATA_ENV_VAR] = str(mnist_folder(files))
+    limits = execution_limits()
     _check_plans(paths, parameters, confirm)
     # The checks passed: from here the outputs change, and `--check` fails until this build has succeeded.
     BUILD_STAMP.unlink(missing_ok=True)
-    executed_dir = REPORT / "executed"
-    executed_dir.mkdir(parents=True, exist_ok=True)
     written, executed = [], []
     with tempfile.TemporaryDirectory(prefix="hw3-progress-") as progress_dir:
         for path in paths:
-            out = executed_dir / path.name
             print(f">> executing {path.name} with {parameters[path]}", flush=True)
-            log = Path(progress_dir) / f"{path.stem}.log"
-            # papermill writes a temporary file beside `out`, renamed over it when the notebook ends or
-            # a cell fails: a write that fails (disk full) or an interrupt leaves the previous `out` whole.
-            partial = str(temporary_beside(out, suffix=".ipynb"))
-            try:
-                # The kernel's training bars append status lines to `log`; follow() prints them here.
-                with _kernel_environment(log), follow(log, prefix=f"   [{path.stem}] "):
-                    papermill.execute_notebook(str(path), partial, parameters=parameters[path], kernel_name=KERNEL,
-                                               cwd=str(NOTEBOOKS), progress_bar=True, log_output=False,
-                                               **_kernel_options())
-            except papermill.PapermillExecutionError as err:
-                os.replace(partial, out)
-                if err.ename == "KeyboardInterrupt":
-                    raise KeyboardInterrupt from None
-                raise ReportError(f"{path.name} failed in cell {err.exec_count}: {err.ename}: {err.evalue} "
-                                  f"(the partially executed notebook is {out})") from None
-            except BaseException:
-                Path(partial).unlink(missing_ok=True)
-                raise
-            os.replace(partial, out)
-            nb = nbformat.read(out, as_version=4)
+            out = REPORT / "executed" / path.name
+            nb = _execute(path, out, parameters[path], Path(progress_dir), limits)
             problem = figure_problem(nb, path.name)
             if problem:
                 raise ReportError(problem)
@@ -373,6 +406,235 @@ def _check_plans(paths, parameters, confirm: bool) -> None:
         problem = too_costly(plan)
         if problem and not confirm:
             raise ReportError(problem)
+
+
+def execution_limits() -> dict:
+    """Seconds: ``timeout``, how long one cell may run ($HWUTILS_CELL_TIMEOUT; None, the default: no
+    limit) and ``notice``, how long a running cell may print nothing before it is named
+    ($HWUTILS_STALL_NOTICE, default 600; named again after as long again)."""
+    def seconds(name: str, default):
+        text = os.environ.get(name, "").strip()
+        if not text:
+            return default
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not 0 < value < float("inf"):
+            raise ReportError(f"{name}={text!r} is not a number of seconds > 0; set it to one (e.g. {name}=3600) "
+                              f"or unset it")
+        return value
+
+    timeout = seconds(CELL_TIMEOUT_ENV, None)
+    return {"timeout": None if timeout is None else max(1, round(timeout)),  # nbclient takes whole seconds
+            "notice": seconds(STALL_NOTICE_ENV, STALL_NOTICE_SECONDS)}
+
+
+def _execute(path: Path, out: Path, parameters: dict, progress_dir: Path, limits: dict):
+    """Execute one notebook into ``out`` (written whole or not at all) and return it. A notebook that
+    stops - a failing cell, a dead kernel, a cell past the time-out - is kept as
+    ``<name>.partial.ipynb`` beside ``out`` (the last good ``out`` stays) and raises one line: which
+    cell, why, and how to resume."""
+    import nbformat
+    import papermill
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
+
+    kept = out.with_name(f"{path.stem}.partial.ipynb")
+    log = progress_dir / f"{path.stem}.log"
+    watch = _Watch(path.name)
+    with written_whole(out) as partial:
+        try:
+            # The kernel's training bars append status lines to `log`; follow() prints them here.
+            with _kernel_environment(log), follow(log, prefix=f"   [{path.stem}] "), _stall_notices(watch, limits):
+                papermill.execute_notebook(str(path), str(partial), parameters=parameters, kernel_name=KERNEL,
+                                           engine_name=_watched_engine(), watch=watch,
+                                           execution_timeout=limits["timeout"], cwd=str(NOTEBOOKS),
+                                           progress_bar=True, log_output=False, **_kernel_options())
+        except papermill.PapermillExecutionError as err:
+            if err.ename == "KeyboardInterrupt":  # Ctrl-C reached the kernel too
+                raise KeyboardInterrupt from None
+            stopped, resume = f"{path.name} failed in cell {err.exec_count}: {err.ename}: {err.evalue}", RESUME
+        except DeadKernelError:
+            stopped, resume = f"{path.name}: the kernel died in {watch.where()}: {watch.death()}", RESUME
+        except CellTimeoutError as err:
+            stopped = (f"{path.name}: {watch.where()} ran longer than {CELL_TIMEOUT_ENV}={limits['timeout']} s and "
+                       f"was stopped" if limits["timeout"] else f"{path.name}: {watch.where()}: {err}".splitlines()[0])
+            resume = f"raise or unset {CELL_TIMEOUT_ENV}, then {RESUME}"
+        else:
+            kept.unlink(missing_ok=True)  # a partial notebook of an earlier build
+            stopped = None
+        if stopped:
+            os.replace(partial, kept)
+            raise ReportError(f"{stopped} (the partially executed notebook is {kept}); {resume}")
+    return nbformat.read(out, as_version=4)
+
+
+class _Watch:
+    """What one notebook's kernel is doing: the cell it runs, since when it has printed nothing, and
+    how it ended when it died (told by the engine of :func:`_watched_engine`)."""
+
+    def __init__(self, name: str):
+        self.name, self.cell, self.first_line, self.exit_code = name, None, "", None
+        self.running, self.quiet_since, self.notices = False, time.monotonic(), 0
+
+    def started(self, number: int, source: str) -> None:
+        self.cell, self.first_line = number, next((ln.strip() for ln in source.splitlines() if ln.strip()), "")
+        self.running = True
+        self.heard()
+
+    def heard(self) -> None:
+        self.quiet_since, self.notices = time.monotonic(), 0
+
+    def where(self) -> str:
+        """The cell as its execution count ([N] in Jupyter) and its first line."""
+        if self.cell is None:
+            return "no cell (while the kernel started)"
+        line = self.first_line if len(self.first_line) <= 60 else self.first_line[:57] + "..."
+        return f"cell {self.cell} (`{line}`)"
+
+    def stall_notice(self, every: float) -> str | None:
+        """One line when the running cell has printed nothing for another ``every`` seconds, else None."""
+        quiet = time.monotonic() - self.quiet_since
+        if not self.running or quiet < every * (self.notices + 1):
+            return None
+        self.notices += 1
+        return (f"{self.name}, {self.where()} has printed nothing for {_duration(quiet)}; still running "
+                f"({CELL_TIMEOUT_ENV}=SECONDS stops such a cell)")
+
+    def death(self) -> str:
+        """The likely cause of the kernel's death, from its exit status."""
+        code = self.exit_code
+        if code is not None and code < 0:
+            if -code == signal.SIGKILL:
+                return "killed by SIGKILL, most likely out of memory (the system's OOM killer)"
+            return f"killed by {_signal_name(-code)} (a crash)"
+        if code is not None:
+            return f"exited with code {code} (a crash)"
+        return "it stopped answering (out of memory or a crash)"
+
+
+def _duration(seconds: float) -> str:
+    return f"{int(seconds)} s" if seconds < 120 else f"{int(seconds // 60)} min"  # at least that long
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+@contextlib.contextmanager
+def _stall_notices(watch: _Watch, limits: dict):
+    """While the block runs, print a notice each time the running cell has been quiet for another
+    ``limits["notice"]`` seconds."""
+    from tqdm import tqdm
+
+    every, stop = limits["notice"], threading.Event()
+
+    def run() -> None:
+        while not stop.wait(min(1.0, every / 4)):
+            notice = watch.stall_notice(every)
+            if notice:
+                tqdm.write(f"   notice: {notice}", file=sys.stdout)  # around papermill's bar, as follow() does
+                sys.stdout.flush()
+
+    thread = threading.Thread(target=run, name="hwutils-stall", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+@functools.cache
+def _watched_engine() -> str:
+    """Register (once) papermill's nbclient engine with a client that tells a :class:`_Watch` which
+    cell runs, when it prints, and the kernel's exit status when it dies; return the engine's name."""
+    from jupyter_core.utils import ensure_event_loop
+    from nbclient.exceptions import DeadKernelError
+    from nbclient.util import run_sync
+    from papermill.clientwrap import PapermillNotebookClient
+    from papermill.engines import NBClientEngine, papermill_engines
+
+    # The client's own error lines ("Kernel died while waiting...") would come before ours, which say it in one line.
+    quiet = logging.getLogger("hwutils.report.kernel")
+    quiet.addHandler(logging.NullHandler())
+    quiet.propagate = False
+
+    class WatchedClient(PapermillNotebookClient):
+        def __init__(self, nb_man, watch: _Watch, **kwargs):
+            super().__init__(nb_man, **kwargs)
+            self.watch = watch
+
+        async def async_execute_cell(self, cell, cell_index, *args, **kwargs):
+            if cell.cell_type == "code" and cell.source.strip():
+                self.watch.started(self.code_cells_executed + 1, cell.source)  # its execution count
+            try:
+                return await super().async_execute_cell(cell, cell_index, *args, **kwargs)
+            except DeadKernelError:
+                process = getattr(getattr(self.km, "provisioner", None), "process", None)
+                self.watch.exit_code = process.poll() if process is not None else None
+                raise
+            finally:
+                self.watch.running = False
+
+        _execute_cell = run_sync(async_execute_cell)
+
+        def execute_cell(self, *args, **kwargs):
+            try:
+                return self._execute_cell(*args, **kwargs)
+            except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP: end the cell's waits, then kill the kernel
+                loop = ensure_event_loop()
+                pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
+                for task in pending:
+                    task.cancel()
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+                self.shutdown_kernel = "immediate"  # not a polite request the running cell never reads
+                raise
+
+        def process_message(self, *args, **kwargs):
+            output = super().process_message(*args, **kwargs)
+            if output is not None:
+                self.watch.heard()
+            return output
+
+    class WatchedEngine(NBClientEngine):
+        @classmethod
+        def execute_managed_notebook(cls, nb_man, kernel_name, watch=None, log_output=False, stdout_file=None,
+                                     stderr_file=None, start_timeout=60, execution_timeout=None, **kwargs):
+            kwargs.pop("input_path", None)
+            return WatchedClient(nb_man, watch or _Watch("notebook"), timeout=execution_timeout,
+                                 startup_timeout=start_timeout, kernel_name=kernel_name, log=quiet,
+                                 log_output=log_output, stdout_file=stdout_file, stderr_file=stderr_file,
+                                 **kwargs).execute()
+
+    papermill_engines.register("hw3-watched", WatchedEngine)
+    return "hw3-watched"
+
+
+@contextlib.contextmanager
+def _signals_stop_the_build():
+    """SIGTERM and SIGHUP (a scheduler's time limit, a closed terminal) stop the build as Ctrl-C does:
+    :class:`Stopped` unwinds it, so the kernel is shut down and the temporary files removed. Once the
+    build is stopping, further signals are ignored, so they cannot break the clean-up."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def stop(signum, frame):
+        for sig in signals:
+            signal.signal(sig, signal.SIG_IGN)
+        raise Stopped(signum) if signum != signal.SIGINT else KeyboardInterrupt
+
+    saved = {sig: signal.signal(sig, stop) for sig in signals if signal.getsignal(sig) != signal.SIG_IGN}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 @contextlib.contextmanager
@@ -439,7 +701,7 @@ def check_outputs() -> list[str]:
                 problems.append(f"{path}: {len(pages)} pages, {chars} characters of text - not a real report")
         else:
             text = path.read_text(encoding="utf-8")
-            figures = text.count("data:image/png;base64")
+            figures = len(re.findall(r"data:image/(?:png|svg\+xml);base64", text))
             if figures < 2 or "Traceback" in text:
                 problems.append(f"{path}: {figures} embedded figures" + (", holds a traceback" if "Traceback" in text else ""))
     return problems
@@ -447,11 +709,13 @@ def check_outputs() -> list[str]:
 
 def _write_problem(err: OSError) -> str:
     """One line for a failed write of the build (its folder; how much was free when the disk is full)."""
-    folder = Path(err.filename).parent if err.filename else REPORT
+    path = Path(err.filename) if err.filename else None
     if not (full_disk(err) or isinstance(err, PermissionError) or err.errno == errno.EROFS):
         return f"{type(err).__name__}: {err}"
     fix = "free some space there" if full_disk(err) else "make it writable"
-    return f"{write_failure(folder, err)}; {fix} and run the same command again (the cached runs are kept)"
+    named = f"{path.name}: " if path else ""
+    return (f"{named}{write_failure(path.parent if path else REPORT, err)}; {fix} and run the same command again "
+            f"(the cached runs are kept)")
 
 
 def cached_runs(folders=None) -> int:
@@ -509,34 +773,45 @@ def main(argv=None) -> int:
     parser.add_argument("--confirm", action="store_true",
                         help="go ahead with a plan far beyond its profile's (make report CONFIRM=1)")
     args = parser.parse_args(argv)
-    try:
-        if args.check:
-            problems = check_outputs()
-            for problem in problems:
-                print(f"report check: {problem}", file=sys.stderr)
-            print("report check: OK" if not problems else f"report check: {len(problems)} problem(s)")
-            return 1 if problems else 0
-        overrides = read_overrides(args.params_file, args.param)
-        if "profile" in overrides:
-            args.profile = overrides.pop("profile")
-        started = time.time()
-        written = build(args.profile, overrides, args.show_code, confirm=args.confirm)
-        BUILD_STAMP.parent.mkdir(parents=True, exist_ok=True)
-        stamp = json.dumps({"started": started, "finished": time.time(), "profile": args.profile,
-                            "overrides": overrides}, default=str)
-        atomic_write(BUILD_STAMP, lambda p: p.write_text(stamp))
-    except (ReportError, DataError, CacheError, ValueError, FileNotFoundError) as err:
-        print(f"make report: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:  # a write that failed: disk full, a read-only folder
-        print(f"make report: {_write_problem(err)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        cached = f"{cached_runs()} runs are cached" if _RESULTS_FOLDERS else "before any training"
-        print(f"make report: interrupted: {cached}, run the same command again to resume", file=sys.stderr)
-        return 130
+    if args.check:
+        problems = check_outputs()
+        for problem in problems:
+            print(f"report check: {problem}", file=sys.stderr)
+        print("report check: OK" if not problems else f"report check: {len(problems)} problem(s)")
+        return 1 if problems else 0
+    with _signals_stop_the_build():
+        try:
+            overrides = read_overrides(args.params_file, args.param)
+            if "profile" in overrides:
+                args.profile = overrides.pop("profile")
+            started = time.time()
+            written = build(args.profile, overrides, args.show_code, confirm=args.confirm)
+            stamp = json.dumps({"started": started, "finished": time.time(), "profile": args.profile,
+                                "overrides": overrides}, default=str)
+            with written_whole(BUILD_STAMP) as partial:
+                partial.write_text(stamp)
+        except (ReportError, DataError, CacheError, ValueError, FileNotFoundError) as err:
+            print(f"make report: {err}", file=sys.stderr)
+            return 2
+        except OSError as err:  # a write that failed: disk full, a read-only folder
+            print(f"make report: {_write_problem(err)}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM / SIGHUP (Stopped)
+            return _interrupted(getattr(err, "signum", signal.SIGINT))
     print(f">> report written: {REPORT / 'hw3_report.html'} and {REPORT / 'hw3_report.pdf'} ({len(written)} files)")
     return 0
+
+
+def _interrupted(signum: int) -> int:
+    """The one line of an interrupted build; its exit status, 128 + the signal's number."""
+    cached = f"{cached_runs()} runs are cached" if _RESULTS_FOLDERS else "before any training"
+    by = "" if signum == signal.SIGINT else f" by {_signal_name(signum)}"
+    try:
+        print(f"make report: interrupted{by}: {cached}, run the same command again to resume", file=sys.stderr,
+              flush=True)
+    except OSError:  # SIGHUP: the terminal may be gone
+        pass
+    return 128 + signum
 
 
 if __name__ == "__main__":

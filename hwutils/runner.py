@@ -20,8 +20,6 @@ import sys
 import time
 from pathlib import Path
 
-import hwutils
-
 from .cache import run_stem
 from .experiments import run_key
 from .study import PENDING_EXIT, ShardsPending, Study
@@ -32,7 +30,7 @@ __all__ = ["main", "RUN_LOG", "NOTEBOOK", "PROJECT_ROOT", "results_folder", "sha
 NOTEBOOK = "03_mnist_regularization"  # whose parameters the runner takes (hwutils.params.SPEC)
 RUN_LOG = "study-runs.jsonl"  # in the results folder: one line per finished runner call (provenance)
 #: The folder holding pyproject.toml: a relative results folder is taken from here, not from the cwd.
-PROJECT_ROOT = Path(hwutils.__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 #: What ``--shard auto`` reads: this task's index, the number of tasks, and the array's first index.
 SLURM_ARRAY = ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MIN")
 #: How often a waiting shard looks for the other shards' runs (seconds).
@@ -134,14 +132,10 @@ def shard_of(text: str, environ=os.environ) -> tuple[int, int]:
 
 
 # --------------------------------------------------------------------------- shards
-def _missing(study: Study, pending: ShardsPending) -> int:
-    """How many of ``pending``'s runs are still not in the cache, looked up in the data sets the study
-    has loaded (the stage that raised it loaded its own)."""
-    loaded = [study._data(kind) for kind, attribute in (("final", "data"), ("search", "search_data"),
-                                                        ("standardized", "standardized_data"))
-              if attribute in vars(study)]
-    return sum(not any(run_stem(study.results_dir, m.name, run_key(m, d.spec, s)).with_suffix(".json").exists()
-                       for d in loaded) for m, s in pending.missing)
+def _records_in(folder) -> frozenset:
+    """The run records in ``folder``: a new one is what a waiting shard looks for (a file listing,
+    cheap enough to poll)."""
+    return frozenset(path.name for path in Path(folder).glob("*.json"))
 
 
 def _pending_line(pending: dict) -> str:
@@ -158,6 +152,7 @@ def train_shard(study: Study, wait_seconds: float, clock=time.monotonic, sleep=t
     study.wait_seconds = 0.0  # look once per pass; the waiting happens here, over all chains at once
     last, deadline = None, 0.0
     while True:
+        seen = _records_in(study.results_dir)  # before the pass: what arrives while it looks counts as new
         pending: dict[str, ShardsPending] = {}
         for chain in CHAINS:
             try:
@@ -170,8 +165,12 @@ def train_shard(study: Study, wait_seconds: float, clock=time.monotonic, sleep=t
         state = {stage: len(p.missing) for stage, p in pending.items()}
         if state != last:  # progress, here or elsewhere: the wait starts again
             last, deadline = state, clock() + wait_seconds
-        counts = {stage: _missing(study, p) for stage, p in pending.items()}
-        while all(_missing(study, p) >= counts[stage] for stage, p in pending.items()):
+        # The next pass when enough new records are there for a waiting stage to be complete (a pass
+        # reloads the stages' runs: not for every record); each arrival starts the wait again.
+        need, arrived = min(state.values()), 0
+        while (new := len(_records_in(study.results_dir) - seen)) < need:
+            if new > arrived:
+                arrived, deadline = new, clock() + wait_seconds
             left = deadline - clock()
             if left <= 0:
                 first = next(iter(pending.values()))

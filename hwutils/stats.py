@@ -176,11 +176,12 @@ def _points(value: float) -> str:
     return "0.00" if float(text) == 0 else text.replace("-", "−")
 
 
-def verdict(row, n_images: int, split: str = "test") -> str:
-    """One :func:`pairwise` row in words; ``split`` names the images ("test", "validation")."""
+def verdict(row, n_images: int, split: str = "test", unit: str = "images") -> str:
+    """One :func:`pairwise` row in words; ``split`` names the data ("test", "validation"), ``unit``
+    what it holds ("images", "points")."""
     if row["resolved"]:
         lower, higher = (row["a"], row["b"]) if row["difference"] < 0 else (row["b"], row["a"])
         p = "< 0.001" if row["p_holm"] < 0.001 else f"= {row['p_holm']:.2g}"
         return f"{lower} has lower {split} error than {higher} (Holm-adjusted p {p})"
-    return (f"not resolved on {n_images:,} {split} images "
+    return (f"{row['a']} against {row['b']}: not resolved on {n_images:,} {split} {unit} "
             f"(95 % interval of the difference [{_points(row['low'])}, {_points(row['high'])}] points)")

@@ -13,17 +13,25 @@ than the caller had set (``torch.set_num_threads``), and put back when training 
 
 ``HWUTILS_THREADS=N`` fixes the count at N (no adapting); without ``/proc/stat`` (not Linux)
 the caller's count is kept.
+
+The count changes no number: ``import hwutils`` sets ``MKL_CBWR=AUTO,STRICT`` (Intel MKL's strict
+conditional numerical reproducibility) before torch loads, under which the float32 products round the
+same at any thread count; the bf16 products and the rest of a step already did. :func:`numerical_mode`
+says whether it is in effect, for a run's record.
 """
 from __future__ import annotations
 
+import ctypes
 import os
+import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 __all__ = ["thread_count", "busy_elsewhere", "cpu_sample", "CpuSample", "TrainingThreads", "THREADS_ENV",
-           "WINDOW_SECONDS", "PAUSE_SECONDS"]
+           "WINDOW_SECONDS", "PAUSE_SECONDS", "CBWR_ENV", "numerical_mode"]
 
 THREADS_ENV = "HWUTILS_THREADS"  # an integer: exactly that many threads, not adapted
 #: The shortest time over which the CPU others take is measured (a shorter one holds too few ticks).
@@ -161,3 +169,40 @@ def _fixed_threads() -> int | None:
         raise ValueError(f"{THREADS_ENV}={value!r} is not a thread count: set a whole number >= 1, or "
                          f"unset it to follow the cores that other processes leave free")
     return threads
+
+
+# --------------------------------------------------------------------------- numbers independent of the count
+CBWR_ENV = "MKL_CBWR"       # Intel MKL's reproducibility mode, read at its first product (set in hwutils/__init__.py)
+_MKL_CBWR_ALL, _MKL_CBWR_STRICT = -1, 0x10000  # mkl_cbwr_get(MKL_CBWR_ALL): the branch, | MKL_CBWR_STRICT
+
+
+def _mkl_cbwr() -> int | None:
+    """MKL's own reproducibility setting (``mkl_cbwr_get(MKL_CBWR_ALL)``) from the MKL linked into torch;
+    None where torch has no MKL or the function is not found."""
+    if not torch.backends.mkl.is_available():
+        return None
+    lib_dir = Path(torch.__file__).parent / "lib"
+    for name in ("libtorch_cpu.so", "libtorch_cpu.dylib", "torch_cpu.dll"):
+        try:
+            get = ctypes.CDLL(str(lib_dir / name)).mkl_serv_cbwr_get  # exported under MKL's internal name
+        except (OSError, AttributeError):
+            continue
+        get.restype, get.argtypes = ctypes.c_int, [ctypes.c_int]
+        return get(_MKL_CBWR_ALL)
+    return None
+
+
+def numerical_mode() -> dict:
+    """What decides whether this process's numbers depend on its thread count, for a run's record:
+    ``threads`` (torch's count now), ``mkl_cbwr`` (the variable), ``cbwr_in_effect`` (MKL's strict mode
+    is on: its float32 products are the same at any thread count). MKL says so itself where torch's MKL
+    can be asked; else it is inferred: a strict value, set before torch loaded."""
+    value = os.environ.get(CBWR_ENV)
+    setting = _mkl_cbwr()
+    if setting is not None:
+        in_effect = bool(setting & _MKL_CBWR_STRICT)
+    else:
+        hwutils = sys.modules.get("hwutils")
+        late = getattr(hwutils, "_cbwr_after_torch", False) and value == getattr(hwutils, "CBWR_DEFAULT", None)
+        in_effect = bool(value) and "STRICT" in value.upper() and not late
+    return {"threads": torch.get_num_threads(), "mkl_cbwr": value, "cbwr_in_effect": in_effect}

@@ -8,13 +8,15 @@ compiler and its fonts from the ``typst`` wheel. The two are pinned to a pair th
   with the report's figure and table numbers resolved (:func:`cross_reference`: captions become
   anchors, ``@fig-…``/``@tbl-…`` citations links, each image's alt text its caption) and its
   minus signs (:func:`typography`);
-* :func:`markdown_to_html` - one self-contained HTML file (figures as data URIs, math as MathML:
-  no CDN, reads offline);
+* :func:`markdown_to_html` - one self-contained HTML file (figures as data URIs, SVG where the
+  notebook holds SVG, each opening at full size when tapped; math as MathML: no CDN, reads offline;
+  a page language, one main landmark, tables and wide equations that scroll by keyboard too);
 * :func:`markdown_to_pdf` - A4 PDF through the ``hw3_typst`` template (title page and contents
   when ``titlepage``).
 """
 from __future__ import annotations
 
+import itertools
 import re
 import shutil
 import struct
@@ -29,13 +31,20 @@ __all__ = ["pandoc", "notebook_markdown", "cross_reference", "typography", "mark
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 TYPST_TEMPLATE = TEMPLATES / "hw3_typst" / "template.typ"
 HTML_CSS = TEMPLATES / "hw3_html" / "style.css"
+HTML_TEMPLATE = TEMPLATES / "hw3_html" / "template.html"
 FIGURES = "figures"
+#: The document's author in the HTML's and the PDF's metadata (the title block's by-line says which
+#: build made it).
+AUTHOR = "hw3 authors"
+#: CSS pixels per inch of a figure in the HTML: 120, the notebooks' figure.dpi, so that a figure is
+#: as large on the page as the PNG figures were.
+HTML_PX_PER_INCH = 120
 # The page's text block (A4 less the template's margins) and the tallest a figure may be on it.
 TEXT_WIDTH_CM, MAX_FIGURE_HEIGHT_CM = 16.6, 20.0
 # Pandoc's Markdown, with images never turned into captioned figures: the caption under an image
 # is its own paragraph (and its alt text, see cross_reference).
 READER = "markdown-implicit_figures"
-_IMAGE = re.compile(r"^!\[([^\]]*)\]\(([^)\s]+\.png)\)\s*$", re.MULTILINE)
+_IMAGE = re.compile(r"^!\[([^\]]*)\]\(([^)\s]+\.(?:png|svg))\)\s*$", re.MULTILINE)
 
 
 class TypesetError(RuntimeError):
@@ -67,7 +76,8 @@ def _run_pandoc(args: list[str], markdown: str, cwd: Path) -> str:
 
 
 def notebook_markdown(nb, workdir: Path, **exporter_kwargs) -> str:
-    """nbconvert's Markdown of ``nb``; its figures are written to ``workdir/figures/`` (PNG files)."""
+    """nbconvert's Markdown of ``nb``; its figures are written to ``workdir/figures/`` (SVG files, or
+    PNG where a figure has no SVG)."""
     from nbconvert import MarkdownExporter
 
     exporter = MarkdownExporter(**exporter_kwargs)
@@ -99,11 +109,13 @@ def wrap_code(text: str, width: int = CODE_WIDTH) -> str:
 
 _PLUS_MINUS = re.compile(r"(?<=\d) ± (?=\d)")
 _PERCENT = re.compile(r"(?<=\d) %")
+_SLASH = re.compile(r"(?<=\d) / (?=\d)")
 
 
 def glue_numbers(markdown: str) -> str:
-    """Keep "16.03 ± 0.49" and "12 %" on one line (non-breaking spaces)."""
-    return _PERCENT.sub("\u00a0%", _PLUS_MINUS.sub("\u00a0±\u00a0", markdown))
+    """Keep "16.03 ± 0.49", "12 %" and "100 / 500" on one line (non-breaking spaces)."""
+    glued = _PLUS_MINUS.sub("\u00a0±\u00a0", _SLASH.sub("\u00a0/\u00a0", markdown))
+    return _PERCENT.sub("\u00a0%", glued)
 
 
 def _blocks(markdown: str) -> list[str]:
@@ -278,11 +290,33 @@ def png_geometry(path: Path) -> tuple[int, int, float]:
     return width, height, dpi
 
 
+_LENGTH_INCHES = {"pt": 1 / 72, "px": 1 / 96, "in": 1.0, "cm": 1 / 2.54, "mm": 1 / 25.4, "": 1 / 96}
+
+
+def svg_inches(path: Path) -> tuple[float, float]:
+    """(width, height) in inches of an SVG file, from its root's width and height (matplotlib writes pt)."""
+    head = Path(path).read_text(encoding="utf-8", errors="replace")[:4000]
+    root = re.search(r"<svg\b[^>]*>", head)
+    sizes = [re.search(rf'\s{name}="([\d.]+)\s*(pt|px|in|cm|mm|)"', root.group(0)) if root else None
+             for name in ("width", "height")]
+    if not all(sizes):
+        raise TypesetError(f"{path} is not an SVG file with a width and a height")
+    return tuple(float(m.group(1)) * _LENGTH_INCHES[m.group(2)] for m in sizes)
+
+
+def figure_inches(path: Path) -> tuple[float, float]:
+    """(width, height) in inches of a figure at its own size: an SVG's, or a PNG's pixels over its dpi."""
+    if Path(path).suffix == ".svg":
+        return svg_inches(path)
+    width, height, dpi = png_geometry(path)
+    return width / dpi, height / dpi
+
+
 def figure_width_percent(path: Path) -> float:
     """The figure at its own size (matplotlib's figsize, so its fonts keep their point size), shrunk
     to the text width when wider and to MAX_FIGURE_HEIGHT_CM when taller; as a percentage of the text width."""
-    width, height, dpi = png_geometry(path)
-    natural = 100.0 * width / dpi * 2.54 / TEXT_WIDTH_CM
+    width, height = figure_inches(path)
+    natural = 100.0 * width * 2.54 / TEXT_WIDTH_CM
     tallest = 100.0 * MAX_FIGURE_HEIGHT_CM / TEXT_WIDTH_CM * width / height
     return round(min(100.0, natural, tallest), 1)
 
@@ -310,7 +344,7 @@ def _typst_image(image: re.Match, workdir: Path) -> tuple[str, float]:
     height on the page (cm)."""
     path = Path(workdir) / image.group(2)
     width_pct = figure_width_percent(path)
-    w, h, _ = png_geometry(path)
+    w, h = figure_inches(path)
     alt = _typst_string(re.sub(r"\\(.)", r"\1", image.group(1)))  # the Markdown escapes undone
     typst = _TYPST_IMAGE.replace("PATH", image.group(2)).replace("WIDTH", str(width_pct))
     return typst.replace("ALT", alt), width_pct / 100 * TEXT_WIDTH_CM * h / w
@@ -399,27 +433,115 @@ def _metadata_args(title: str, subtitle: str | None, byline: list[str], date: st
     return args
 
 
+def _html_figure_sizes(markdown: str, workdir: Path) -> str:
+    """Each image with its own size in CSS pixels (width and height attributes): the page shrinks it
+    to the column, and shows it at this size when it is opened (:func:`accessible_html`)."""
+    def sized(image: re.Match) -> str:
+        width, height = figure_inches(Path(workdir) / image.group(2))
+        rest = image.group(0)[image.end(2) + 1 - image.start():]  # the line's end, kept
+        return (f"![{image.group(1)}]({image.group(2)})"
+                f"{{width={round(width * HTML_PX_PER_INCH)} height={round(height * HTML_PX_PER_INCH)}}}{rest}")
+    return _IMAGE.sub(sized, markdown)
+
+
+_HTML_IMAGE = re.compile(r"<img\b([^>]*?)\s*/?>")
+_FIGURE_PARAGRAPH = re.compile(r"<p>(<img\b[^>]*>)</p>")
+_HEADER_CELL = re.compile(r"(<th\b[^>]*>)(.*?)(</th>)", re.S)
+_TEX = re.compile(r'<annotation encoding="application/x-tex">(.*?)</annotation>', re.S)
+_DATA_CELL = re.compile(r"(<td\b)([^>]*>)([^<]*)(</td>)")
+#: A table cell that is a number or numbers ("16.03 ± 0.49", "100 / 500 / 2,000", "1e-05", layer widths
+#: "784-800-10" even where a zero-width space allows a break in the PDF): kept on one line.
+_NUMBER_CHARS = r"[\d.,:;/()%+\-\u2212\u00b1\u00d7eE\s\u00a0\u2009\u2011\u200b]*"
+_NUMERIC = re.compile(rf"{_NUMBER_CHARS}\d{_NUMBER_CHARS}")
+_DISPLAY_MATH = re.compile(r'<math display="block".*?</math>', re.S)
+
+
+def _html_image(match: re.Match) -> str:
+    """pandoc's --embed-resources writes an image's alt text as role="img" aria-label: an alt again."""
+    attrs = match.group(1)
+    label = re.search(r'\saria-label="([^"]*)"', attrs)
+    attrs = re.sub(r'\s(?:role="img"|aria-label="[^"]*")', "", attrs)
+    if label and not re.search(r"\salt=", attrs):
+        attrs = f' alt="{label.group(1)}"' + attrs
+    return f"<img{attrs} />"
+
+
+def accessible_html(page: str) -> str:
+    """pandoc's HTML page made to pass the Nu HTML checker and axe-core, and to read on a phone:
+
+    * each image has its alt text (no role="img"), and a figure (an image alone in its paragraph) is a
+      link to itself that opens it at its own size, scrolling, over the page (CSS :target, no script);
+    * a table, and a display equation, that is wider than the column scrolls; it takes the keyboard's
+      focus, so that it scrolls by keyboard too;
+    * a header cell that holds only math gets its TeX as (visually hidden) text; an empty one (the
+      corner above the row names) is a data cell;
+    * a cell that holds a number, or numbers, never breaks (class "number");
+    * a combining circumflex (MathML's hat accent) is written as the spacing one; no type on <style>.
+    """
+    page = _HTML_IMAGE.sub(_html_image, page)
+    numbers = itertools.count(1)
+
+    def zoomable(match: re.Match) -> str:
+        k = next(numbers)
+        return (f'<span class="figure-back" id="figure-{k}-back"></span><div class="figure-image" id="figure-{k}">'
+                f'<a class="figure-open" href="#figure-{k}">{match.group(1)}</a>'
+                f'<a class="figure-close" href="#figure-{k}-back">Close the full-size figure</a></div>')
+
+    page = _FIGURE_PARAGRAPH.sub(zoomable, page)
+    page = page.replace("<table>", '<table tabindex="0">')
+    page = _DISPLAY_MATH.sub(lambda m: f'<span class="display-math" tabindex="0">{m.group(0)}</span>', page)
+
+    def header(match: re.Match) -> str:
+        open_, body, close = match.groups()
+        if not body.strip():  # the corner above a table's row names: a data cell, not an empty header
+            return f"<td{open_[3:]}</td>"
+        outside_math = re.sub(r"<math\b.*?</math>|<[^>]*>|\s", "", body, flags=re.S)
+        if outside_math or "<math" not in body:
+            return match.group(0)
+        spoken = " ".join(_alt_text(f"${tex}$") for tex in _TEX.findall(body))
+        return f'{open_}{body}<span class="visually-hidden"> {spoken}</span>{close}'
+
+    page = _HEADER_CELL.sub(header, page)
+
+    def cell(match: re.Match) -> str:
+        start, attrs, text, end = match.groups()
+        if not _NUMERIC.fullmatch(text.strip()):
+            return match.group(0)
+        return f'{start} class="number"{attrs}{text}{end}'
+
+    page = _DATA_CELL.sub(cell, page).replace('<style type="text/css">', "<style>")
+    return re.sub(r"(<mo\b[^>]*>)\u0302(</mo>)", "\\1\u02c6\\2", page)
+
+
 def markdown_to_html(markdown: str, html_path: Path, workdir: Path, *, title: str, subtitle: str | None = None,
-                     byline: tuple[str, ...] = (), date: str | None = None, toc: bool = False) -> str:
-    """Write one self-contained HTML file; return pandoc's warnings (empty string: none)."""
+                     byline: tuple[str, ...] = (), date: str | None = None, toc: bool = False,
+                     doc_title: str | None = None, author: str = AUTHOR) -> str:
+    """Write one self-contained HTML file; return pandoc's warnings (empty string: none).
+
+    ``title``, ``subtitle``, ``byline`` and ``date`` make the title block; ``doc_title`` (default
+    ``title``) is the page's title and ``author`` its author in the metadata."""
     html_path = Path(html_path).resolve()
     html_path.parent.mkdir(parents=True, exist_ok=True)
+    page = Path(workdir) / "page.html"
     args = ["-f", READER, "-t", "html5", "--standalone", "--embed-resources", "--mathml",
-            "--css", str(HTML_CSS), "-o", str(html_path), *_metadata_args(title, subtitle, list(byline), date),
-            "-M", f"pagetitle={title}"]
+            "--template", str(HTML_TEMPLATE), "--css", str(HTML_CSS), "-o", str(page),
+            *_metadata_args(title, subtitle, list(byline), date),
+            "-M", f"pagetitle={doc_title or title}", "-M", "lang=en", "-V", f"meta-author={author}"]
     if toc:
         args += ["--toc", "--toc-depth=2", "-M", "toc-title=Contents"]
-    return _run_pandoc(args, markdown, Path(workdir))
+    warnings = _run_pandoc(args, _html_figure_sizes(markdown, workdir), Path(workdir))
+    html_path.write_text(accessible_html(page.read_text(encoding="utf-8")), encoding="utf-8")
+    return warnings
 
 
 def markdown_to_pdf(markdown: str, pdf_path: Path, workdir: Path, *, title: str, subtitle: str | None = None,
                     byline: tuple[str, ...] = (), date: str | None = None, titlepage: bool = False,
-                    doc_title: str | None = None, description: str | None = None) -> list[str]:
+                    doc_title: str | None = None, description: str | None = None, author: str = AUTHOR) -> list[str]:
     """Write the PDF (pandoc -> Typst -> typst compile); return the warnings of both, one per line.
 
     ``title``, ``subtitle``, ``byline`` and ``date`` make the title page (``titlepage``: then also
-    the contents) or a one-line header; ``doc_title`` (default ``title``) and ``description`` go to
-    the PDF's metadata.
+    the contents) or a one-line header; ``doc_title`` (default ``title``), ``author`` and
+    ``description`` go to the PDF's metadata.
     """
     import typst
 
@@ -429,7 +551,7 @@ def markdown_to_pdf(markdown: str, pdf_path: Path, workdir: Path, *, title: str,
             *_metadata_args(title, subtitle, list(byline), date)]
     if titlepage:
         args += ["-V", "titlepage=true"]
-    args += ["-M", f"doctitle={doc_title or title}"]
+    args += ["-M", f"doctitle={doc_title or title}", "-M", f"docauthor={author}"]
     if description:
         args += ["-M", f"description={description}"]
     warnings = [line for line in _run_pandoc(args, _typst_figures(markdown, workdir), workdir).splitlines() if line]

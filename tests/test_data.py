@@ -1,5 +1,6 @@
 import gzip
 import os
+import re
 
 import numpy as np
 import pytest
@@ -30,14 +31,32 @@ def test_read_idx_parses_images_and_labels_written_by_the_test(tmp_path, compres
     np.testing.assert_array_equal(read_idx(tmp_path / f"lab{suffix}"), labels)
 
 
-def test_read_idx_rejects_truncated_and_non_idx_files(tmp_path):
+def test_read_idx_rejects_truncated_and_non_idx_files_in_one_line(tmp_path):
     payload = write_idx(tmp_path / "full", np.zeros((2, 3, 3)))
     (tmp_path / "short").write_bytes(payload[:-1])
+    (tmp_path / "long").write_bytes(payload + b"\0")
     (tmp_path / "junk").write_bytes(b"PK\x03\x04 definitely not idx")
-    with pytest.raises(DataError, match="truncated"):
-        read_idx(tmp_path / "short")
-    with pytest.raises(DataError, match="not an IDX file"):
-        read_idx(tmp_path / "junk")
+    (tmp_path / "empty").write_bytes(b"")
+    for name in ("short", "long", "junk", "empty"):
+        with pytest.raises(DataError, match=rf"{name} is not a complete IDX file \(truncated or corrupt\); "
+                                            rf"replace it with the official {name}$"):
+            read_idx(tmp_path / name)
+
+
+def test_read_idx_names_a_bad_gzip_file(tmp_path):
+    payload = write_idx(tmp_path / "full", np.zeros((2, 3, 3)))
+    (tmp_path / "plain.gz").write_bytes(payload)          # not gzipped at all
+    gzipped = gzip.compress(payload)
+    (tmp_path / "cut.gz").write_bytes(gzipped[:len(gzipped) // 2])  # a download cut short
+    for name in ("plain.gz", "cut.gz"):
+        with pytest.raises(DataError, match=rf"{name} is not a valid gzip file .*replace it with the official {name}"):
+            read_idx(tmp_path / name)
+
+
+def test_the_md5s_are_torchvisions():
+    from torchvision.datasets import MNIST
+
+    assert {f"{name}.gz": md5 for name, md5 in MNIST_FILES.items()} == dict(MNIST.resources)
 
 
 def fake_mnist_folder(folder):
@@ -52,37 +71,36 @@ def fake_mnist_folder(folder):
 def test_md5_mismatch_raises_a_clear_error_naming_the_file(tmp_path):
     fake_mnist_folder(tmp_path)
     with pytest.raises(DataError, match=r"train-images-idx3-ubyte\.gz has MD5 .* expected f68b3c2d"):
-        load_mnist(tmp_path, download=False)
+        load_mnist(tmp_path)
 
 
 def test_missing_files_raise_one_error_naming_files_md5s_and_the_variable(tmp_path, monkeypatch):
     monkeypatch.delenv("HWUTILS_DATA_DIR", raising=False)
     with pytest.raises(DataError) as err:
-        find_mnist_dir(tmp_path / "nowhere", download=False)
+        find_mnist_dir(tmp_path / "nowhere")
     message = str(err.value)
     assert "HWUTILS_DATA_DIR" in message and "\n" not in message
-    for name, (md5_gz, _) in MNIST_FILES.items():
-        assert f"{name}.gz" in message and md5_gz in message
+    for name, md5 in MNIST_FILES.items():
+        assert f"{name}.gz" in message and md5 in message
 
 
-def test_failed_download_becomes_the_same_clear_error(tmp_path, monkeypatch):
-    import torchvision.datasets
-
-    def offline(*args, **kwargs):
-        raise OSError("network is unreachable")
-
-    monkeypatch.setattr(torchvision.datasets, "MNIST", offline)
-    with pytest.raises(DataError, match="download failed: OSError.*|HWUTILS_DATA_DIR"):
-        find_mnist_dir(tmp_path, download=True)
+def test_missing_files_are_never_downloaded_and_nothing_is_created(tmp_path, monkeypatch):
+    no_download(monkeypatch)
+    monkeypatch.setenv("HWUTILS_DATA_DIR", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    searched = f"{tmp_path}: none of the four files; {tmp_path / 'data'}: no such folder"
+    with pytest.raises(DataError, match=rf"MNIST not found \(searched {re.escape(searched)}\).*never downloaded"):
+        load_mnist()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_lookup_order_is_root_then_environment_variable(tmp_path, monkeypatch):
     fake_mnist_folder(tmp_path / "env")
     monkeypatch.setenv("HWUTILS_DATA_DIR", str(tmp_path / "env"))
     with pytest.raises(DataError, match="env"):  # found there, MD5 rejected
-        find_mnist_dir(download=False)
+        find_mnist_dir()
     with pytest.raises(DataError, match="searched .*elsewhere"):  # root wins over the variable
-        find_mnist_dir(tmp_path / "elsewhere", download=False)
+        find_mnist_dir(tmp_path / "elsewhere")
 
 
 def test_bad_arguments_fail_before_any_file_is_read(tmp_path):
@@ -94,7 +112,7 @@ def test_bad_arguments_fail_before_any_file_is_read(tmp_path):
 
 @pytest.mark.mnist
 def test_real_mnist_has_the_official_shapes_counts_and_first_labels(mnist_dir):
-    arrays = [read_idx(p) for p in find_mnist_dir(mnist_dir, download=False).values()]
+    arrays = [read_idx(p).numpy() for p in find_mnist_dir(mnist_dir).values()]
     train_x, train_y, test_x, test_y = arrays
     assert train_x.shape == (60_000, 28, 28) and test_x.shape == (10_000, 28, 28)
     assert np.bincount(train_y).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
@@ -114,6 +132,23 @@ def test_load_mnist_holds_out_a_fixed_disjoint_validation_split(mnist_dir):
     assert counts.tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
     other = load_mnist(mnist_dir, device="cpu", seed=1)
     assert not torch.equal(d.val.y, other.val.y)
+
+
+@pytest.mark.mnist
+def test_load_mnist_is_the_same_at_one_and_at_two_threads(mnist_dir):
+    """Its mean and std are summed in float64: a float32 sum rounds differently at 2 threads than at 1."""
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = load_mnist(mnist_dir, device="cpu")
+        torch.set_num_threads(2)
+        two = load_mnist(mnist_dir, device="cpu")
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip((one.train, one.val, one.test), (two.train, two.val, two.test)):
+        assert torch.equal(a.X, b.X) and torch.equal(a.y, b.y)
+    assert one.spec == {"name": "mnist", "pixels": "standardized", "downsample": None, "val_size": 10_000,
+                        "split_seed": 0}
 
 
 @pytest.mark.mnist
@@ -149,14 +184,26 @@ def test_split_point_cloud_defaults_give_a_small_train_and_large_evaluation_spli
 # --------------------------------------------------------------------------- where the data is, and when it is not
 def official(monkeypatch, folder):
     """Make the fake files in ``folder`` pass the MD5 check (as if they were the official ones)."""
-    sums = {name: (data_mod._md5(folder / f"{name}.gz"),) * 2 for name in MNIST_FILES}
+    from torchvision.datasets.utils import calculate_md5
+
+    sums = {name: calculate_md5(folder / f"{name}.gz") for name in MNIST_FILES}
     monkeypatch.setattr(data_mod, "MNIST_FILES", sums)
 
 
 def no_download(monkeypatch):
+    """Every way torchvision downloads MNIST fails the test."""
     import torchvision.datasets
+    import torchvision.datasets.mnist
+    import torchvision.datasets.utils
 
-    monkeypatch.setattr(torchvision.datasets, "MNIST", lambda *a, **k: pytest.fail("a download was attempted"))
+    def fail(*args, **kwargs):
+        pytest.fail("a download was attempted")
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", fail)
+    monkeypatch.setattr(torchvision.datasets.mnist.MNIST, "download", fail)
+    for module in (torchvision.datasets.mnist, torchvision.datasets.utils):
+        monkeypatch.setattr(module, "download_and_extract_archive", fail)
+    monkeypatch.setattr(torchvision.datasets.utils, "download_url", fail)
 
 
 def test_a_relative_data_dir_is_resolved_once_and_exported_absolute(tmp_path, monkeypatch):
@@ -164,11 +211,11 @@ def test_a_relative_data_dir_is_resolved_once_and_exported_absolute(tmp_path, mo
     official(monkeypatch, tmp_path / "data")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HWUTILS_DATA_DIR", "data")
-    files = find_mnist_dir(download=False)
+    files = find_mnist_dir()
     assert all(p.is_absolute() and p.parent == tmp_path / "data" for p in files.values())
-    assert data_mod.export_mnist_dir(download=False) == tmp_path / "data"
+    assert data_mod.export_mnist_dir() == tmp_path / "data"
     monkeypatch.chdir(tmp_path.parent)  # as the notebooks do: another working directory
-    assert os.environ["HWUTILS_DATA_DIR"] == str(tmp_path / "data") and find_mnist_dir(download=False) == files
+    assert os.environ["HWUTILS_DATA_DIR"] == str(tmp_path / "data") and find_mnist_dir() == files
 
 
 def test_a_mistyped_data_dir_is_named_and_no_folder_is_created(tmp_path, monkeypatch):
@@ -176,10 +223,10 @@ def test_a_mistyped_data_dir_is_named_and_no_folder_is_created(tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HWUTILS_DATA_DIR", "dtaa")
     with pytest.raises(DataError) as err:
-        find_mnist_dir(download=True)
+        find_mnist_dir()
     message = str(err.value)
-    assert "\n" not in message and "HWUTILS_DATA_DIR=dtaa" in message and str(tmp_path / "dtaa") in message
-    assert "mkdir -p" in message and list(tmp_path.iterdir()) == []
+    assert "\n" not in message and f"{tmp_path / 'dtaa'}: no such folder" in message and "HWUTILS_DATA_DIR=" in message
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_data_dir_that_is_a_file_is_named_with_its_folder_as_the_fix(tmp_path, monkeypatch):
@@ -188,27 +235,12 @@ def test_a_data_dir_that_is_a_file_is_named_with_its_folder_as_the_fix(tmp_path,
     official(monkeypatch, folder)
     monkeypatch.setenv("HWUTILS_DATA_DIR", str(folder / "train-images-idx3-ubyte.gz"))
     with pytest.raises(DataError) as err:
-        find_mnist_dir(download=True)
+        find_mnist_dir()
     message = str(err.value)
     assert "\n" not in message and "is a file, not a folder" in message and "mkdir" not in message
     assert f"e.g. {folder} if they are there" in message
     monkeypatch.setenv("HWUTILS_DATA_DIR", str(folder))  # the fix it names works
-    assert find_mnist_dir(download=False)["train-images-idx3-ubyte"].parent == folder
-
-
-def test_a_failed_download_leaves_no_folders_behind(tmp_path, monkeypatch):
-    import torchvision.datasets
-
-    def offline(root, **kwargs):
-        (tmp_path / "mnist" / "MNIST" / "raw").mkdir(parents=True)  # what torchvision does first
-        raise OSError("network is unreachable")
-
-    (tmp_path / "mnist").mkdir()
-    monkeypatch.setattr(torchvision.datasets, "MNIST", offline)
-    monkeypatch.setenv("HWUTILS_DATA_DIR", str(tmp_path / "mnist"))
-    with pytest.raises(DataError, match="download failed: OSError"):
-        find_mnist_dir(download=True)
-    assert list((tmp_path / "mnist").iterdir()) == []
+    assert find_mnist_dir()["train-images-idx3-ubyte"].parent == folder
 
 
 def test_not_found_says_which_of_the_four_files_are_missing_where(tmp_path, monkeypatch):
@@ -218,7 +250,7 @@ def test_not_found_says_which_of_the_four_files_are_missing_where(tmp_path, monk
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HWUTILS_DATA_DIR", str(folder))
     with pytest.raises(DataError) as err:
-        find_mnist_dir(download=False)
+        find_mnist_dir()
     message = str(err.value)
     assert f"{folder}: missing t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz;" in message
     assert f"{tmp_path / 'data'}: no such folder" in message and "\n" not in message
@@ -240,7 +272,7 @@ def test_an_unreadable_mnist_file_is_one_line_naming_the_file(tmp_path, monkeypa
 
     monkeypatch.setattr(builtins, "open", guarded)
     with pytest.raises(DataError) as err:
-        find_mnist_dir(folder, download=False)
+        find_mnist_dir(folder)
     assert str(err.value).startswith(f"cannot read {victim} (Permission denied)") and "chmod a+r" in str(err.value)
     with pytest.raises(DataError, match="cannot read .*train-labels"):
         read_idx(victim)

@@ -19,11 +19,9 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.i
 @pytest.fixture
 def shown(monkeypatch):
     """What the display functions show: Markdown text, or "<image>" for a figure."""
-    from IPython.display import Image
-
     out = []
     monkeypatch.setattr("IPython.display.display",
-                        lambda obj: out.append("<image>" if isinstance(obj, Image) else obj.data))
+                        lambda obj: out.append("<image>" if hasattr(obj, "_repr_mimebundle_") else obj.data))
     yield out
     display.start_part(1)
     plt.close("all")
@@ -47,6 +45,41 @@ def test_figures_and_tables_are_numbered_per_part_and_restart_with_each_part(sho
     assert captions[2].startswith("**Table 2.1.** a table\n\n|")
     assert captions[3] == "**Figure 3.1.** third"
     assert shown.count("<image>") == 3 and plt.get_fignums() == [], "each figure shown once, closed"
+
+
+def test_a_figure_is_shown_as_svg_with_a_png_beside_it_and_as_a_sharp_png_when_its_svg_is_too_large(
+        monkeypatch, tmp_path):
+    import base64
+
+    fig, ax = plt.subplots(figsize=(4, 2))
+    ax.plot([0, 1], [0, 1])
+    bundle = display._Figure(fig)._repr_mimebundle_()
+    assert bundle["image/svg+xml"].lstrip().startswith("<?xml") and "<svg" in bundle["image/svg+xml"]
+    assert "<dc:date>" not in bundle["image/svg+xml"], "no date: the same figure gives the same file"
+    assert base64.b64decode(bundle["image/png"]).startswith(b"\x89PNG")
+    monkeypatch.setattr(display, "MAX_SVG_BYTES", 100)
+    bundle = display._Figure(fig)._repr_mimebundle_()
+    plt.close(fig)
+    assert "image/svg+xml" not in bundle
+    (tmp_path / "f.png").write_bytes(base64.b64decode(bundle["image/png"]))
+    from hwutils.typeset import png_geometry
+
+    assert png_geometry(tmp_path / "f.png")[2] >= 200, "a raster figure has print resolution"
+
+
+def test_a_large_field_is_rasterized_in_the_svg_while_its_points_and_text_stay_vectors(monkeypatch):
+    import numpy as np
+
+    grid = np.linspace(0, 1, 120)
+    fig, ax = plt.subplots(figsize=(4, 3))
+    ax.contourf(*np.meshgrid(grid, grid), np.sin(9 * np.add.outer(grid, grid ** 2)), levels=20)
+    ax.scatter([0.2, 0.8], [0.3, 0.6])
+    ax.set_xlabel("x (units)")
+    monkeypatch.setattr(display, "SVG_FIELD_BYTES", 10_000)
+    svg = display._Figure(fig).svg
+    plt.close(fig)
+    assert svg.count("<image") == 1 and "data:image/png;base64" in svg, "the field is one raster image"
+    assert svg.count("<path") > 5, "axes, ticks, points and text are still paths"
 
 
 def test_a_label_becomes_an_anchor_that_citations_name(shown):

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from hwutils import report
-from hwutils.preflight import FAR_BEYOND, LONG_SECONDS, NotebookPlan, plan_of, too_costly
+from hwutils.preflight import (FAR_BEYOND, LONG_SECONDS, MemoryRefusal, NotebookPlan, memory_check, plan_of,
+                               too_costly)
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -59,3 +60,23 @@ def test_an_estimate_calls_the_machine_busy_only_for_cpu_that_other_processes_to
     theirs = threads.CpuSample(wall=10.0, busy=19.0, own=9.0)         # another process took a core
     monkeypatch.setattr(threads, "cpu_sample", lambda cores=None: theirs)
     assert "Other processes kept 1.0 of the" in busy_note(since)
+
+
+def test_networks_or_batches_too_large_for_memory_are_refused_with_the_estimate():
+    with pytest.raises(MemoryRefusal, match=r"hidden \[800, 800\] at batch 1000000000 needs about .* GB .* available"):
+        memory_check({((800, 800), 10**9, 1)}, "cpu", 784, 10)
+    weights = 784 * 800 + 800 + 800 * 800 + 800 + 800 * 10 + 10
+    small = memory_check({((800, 800), 100, 1)}, "cpu", 784, 10)
+    assert 4 * 4 * weights < small < 4 * 4 * weights + 10e6  # weights, gradient, momentum, best copy; activations
+    stacked = memory_check({((800, 800), 100, 24)}, "cpu", 784, 10)
+    assert stacked == 24 * small
+
+
+def test_make_reports_plan_refuses_part3_and_part2_networks_too_large_for_memory(tmp_path):
+    values = {"profile": "smoke", "hidden": [100000, 100000], "results_dir": str(tmp_path)}
+    with pytest.raises(MemoryRefusal, match=r"hidden \[100000, 100000\] .* set smaller hidden widths \(-p hidden"):
+        plan_of(NOTEBOOKS / "03_mnist_regularization.ipynb", values, NOTEBOOKS)
+    with pytest.raises(MemoryRefusal, match="-p batch_size"):
+        plan_of(NOTEBOOKS / "02_point_cloud_regularization.ipynb", {"profile": "quick", "hidden": [100000, 100000]},
+                NOTEBOOKS)
+    assert issubclass(MemoryRefusal, ValueError)  # hwutils.report says it in one line, CONFIRM=1 or not

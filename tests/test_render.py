@@ -1,4 +1,5 @@
 """The report's rendering without TeX (pandoc and typst wheels), its figure check, and progress lines."""
+import html.parser
 import io
 import os
 import re
@@ -103,6 +104,7 @@ def test_long_lines_of_output_are_broken_to_the_page_width():
     assert all(len(line) <= typeset.CODE_WIDTH for line in wrapped.splitlines())
     assert wrapped.replace("\n", "").replace(" ", "") == ("x=" + "word" * 60 + "y" * 200)
     assert typeset.glue_numbers("16.03 ± 0.49 and 12 %") == "16.03\u00a0±\u00a00.49 and 12\u00a0%"
+    assert typeset.glue_numbers("100 / 500 / 2,000 and train / test") == "100\u00a0/\u00a0500\u00a0/\u00a02,000 and train / test"
 
 
 def test_a_notebook_that_plots_but_holds_no_figure_is_named(figure_notebook):
@@ -265,3 +267,94 @@ def test_figures_float_where_text_can_fill_the_page_and_keep_their_order(png, tm
     assert flushes[0] < typst.index("## Under a heading") < typst.index('"Figure 1.2: two"')
     assert typst.index("more text") < flushes[1] < typst.index('"Figure 1.4: four"')
     assert 'sticky: true, image("b.png"' in typst and 'sticky: true, image("d.png"' in typst
+
+
+class _Structure(html.parser.HTMLParser):
+    """What the Nu HTML checker and axe-core look at in a page: the html element's lang, landmarks,
+    images' alt text and role, each header cell's text outside its math."""
+
+    def __init__(self):
+        super().__init__()
+        self.lang, self.mains, self.images, self.headers, self.stack = None, 0, [], [], []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.lang = attrs.get("lang") if tag == "html" else self.lang
+        self.mains += tag == "main"
+        if tag == "img":
+            self.images.append({**attrs, "in_link": "a" in self.stack})
+        if tag == "th":
+            self.headers.append("")
+        if tag not in ("img", "meta", "col", "br", "link"):
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag):
+        if tag in self.stack:
+            del self.stack[len(self.stack) - 1 - self.stack[::-1].index(tag):]
+
+    def handle_data(self, data):
+        if "th" in self.stack and "math" not in self.stack:
+            self.headers[-1] += data.strip()
+
+
+MATH_HEADERS = "**Table 1.1.** Math in a header.\n\n|  | $\\beta_2$ | test error (%) |\n|---|---|---|\n| L2 | 0.999 | 16.03 ± 0.49 |\n"
+
+
+def test_the_html_has_a_language_a_main_landmark_alt_texts_and_header_text_and_svg_figures_open_full_size(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from hwutils import display
+
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.plot([0, 1], [0, 1])
+    bundle = display._Figure(fig)._repr_mimebundle_()
+    plt.close(fig)
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_markdown_cell("# Part 1 — a\n\n$$\\sum_{i=1}^{t} \\beta_2^{t-i} g_i^2$$"),
+        nbformat.v4.new_code_cell("plot()", outputs=[
+            nbformat.v4.new_output("display_data", data=bundle),
+            nbformat.v4.new_output("display_data", data={"text/markdown": "**Figure 1.1.** A line."})]),
+        nbformat.v4.new_code_cell("table()", outputs=[
+            nbformat.v4.new_output("display_data", data={"text/markdown": MATH_HEADERS})])])
+    nb.metadata["hw3_report"] = report.report_meta("smoke", part="Part 1 — a")
+    html_path, pdf_path = tmp_path / "p.html", tmp_path / "p.pdf"
+    report.render(nb, html_path, pdf_path, show_code=False, engine="typst")
+    page = html_path.read_text(encoding="utf-8")
+    structure = _Structure()
+    structure.feed(page)
+    assert structure.lang == "en" and structure.mains == 1
+    assert [(i.get("alt"), i.get("role"), i["in_link"]) for i in structure.images] == [("Figure 1.1: A line.", None, True)]
+    # the empty corner is a data cell; the math-only header has its TeX as (visually hidden) text
+    assert structure.headers == ["beta_2", "test error (%)"]
+    assert page.count("data:image/svg+xml;base64,") == 1 and "data:image/png" not in page, "the figure is a vector"
+    assert '<a class="figure-open" href="#figure-1">' in page and 'id="figure-1"' in page
+    assert '<meta name="author" content="hw3 authors" />' in page and "hwutils" not in page.split("<body>")[0]
+    assert '<table tabindex="0">' in page and '<span class="display-math" tabindex="0"><math' in page
+    assert re.search(r'<td class="number"[^>]*>16\.03\u00a0±\u00a00\.49</td>', page), "a number never breaks"
+
+    from pypdf import PdfReader
+
+    reader = PdfReader(pdf_path)
+    assert reader.metadata.author == "hw3 authors"
+    assert not [image for p in reader.pages for image in p.images], "the PDF's figure is a vector too"
+
+
+def test_svg_figures_are_sized_to_the_page_by_their_own_size(tmp_path):
+    (tmp_path / "wide.svg").write_text('<svg xmlns="http://www.w3.org/2000/svg" width="1008pt" height="288pt"></svg>')
+    (tmp_path / "small.svg").write_text('<svg xmlns="http://www.w3.org/2000/svg" width="288pt" height="216pt"></svg>')
+    assert typeset.figure_inches(tmp_path / "small.svg") == (4.0, 3.0)
+    assert typeset.figure_width_percent(tmp_path / "wide.svg") == 100.0
+    assert 55 < typeset.figure_width_percent(tmp_path / "small.svg") < 65  # 4 in of 16.6 cm, as a PNG
+
+
+def test_pandocs_page_gets_alt_texts_a_data_cell_in_the_empty_corner_and_a_spacing_hat():
+    page = typeset.accessible_html(
+        '<style type="text/css">x</style><p><img role="img" aria-label="Figure 1.1: a" src="data:," /></p>'
+        '<table><tr><th></th><th>L2</th></tr><tr><td>hidden</td><td>64-\u200b64</td></tr></table>'
+        '<math><mover><mi>v</mi><mo accent="true">\u0302</mo></mover></math>')
+    assert '<img alt="Figure 1.1: a" src="data:," />' in page and "role=" not in page and "aria-label" not in page
+    assert "<tr><td></td><th>L2</th></tr>" in page and '<td class="number">64-\u200b64</td>' in page
+    assert "\u0302" not in page and '<mo accent="true">\u02c6</mo>' in page and "<style>x</style>" in page

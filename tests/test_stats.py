@@ -169,6 +169,7 @@ def test_verdict_names_the_lower_error_run_first_or_says_not_resolved():
     unresolved = {"a": "L1", "b": "L2", "difference": 0.095, "low": -0.12, "high": 0.31,
                   "p_holm": 0.4, "resolved": False}
     assert verdict(unresolved, 10_000) == (
-        "not resolved on 10,000 test images (95 % interval of the difference [−0.12, 0.31] points)")
+        "L1 against L2: not resolved on 10,000 test images (95 % interval of the difference [−0.12, 0.31] points)")
+    assert "on 2,000 test points" in verdict(unresolved, 2_000, unit="points")
     assert "5,000 validation images" in verdict(unresolved, 5_000, split="validation")
     assert "tie" not in verdict(unresolved, 10_000) + verdict(resolved, 10_000)
